@@ -1,0 +1,91 @@
+//! `tally serve`: open the data directory, serve gRPC, stop cleanly on SIGINT/SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::ValueEnum;
+use tally::clock::SystemClock;
+use tally::config::{self, Config, PERIODIC_FSYNC};
+use tally::engine::Engine;
+use tally::wal::FsyncMode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Data directory (created if missing). Holds LOCK, CHECKPOINT, wal/ and sled/; only one
+    /// server may use it at a time.
+    #[arg(long, default_value = "./tally-data", env = "TALLY_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address for gRPC. Port 0 picks a free port (the chosen address is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    grpc_addr: SocketAddr,
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter such as
+    /// "tally=debug"). RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// When a write is acknowledged. "always": after the fsync that covers it (nothing
+    /// acknowledged is ever lost). "periodic": after the write to the OS, with an fsync every
+    /// 100 ms: survives a process crash, but a power loss or kernel crash can lose the last
+    /// ~100 ms of acknowledged writes. Meant for benchmarks and users who choose that trade.
+    #[arg(long, value_enum, default_value_t = Fsync::Always)]
+    fsync: Fsync,
+    /// WAL segment size in bytes: a segment is sealed and a new one begun at this size.
+    #[arg(long, default_value_t = config::DEFAULT_SEGMENT_BYTES)]
+    wal_segment_bytes: u64,
+    /// WAL bytes on disk that trigger a checkpoint, which then deletes the covered segments.
+    /// Bounds WAL disk use under steady load.
+    #[arg(long, default_value_t = config::DEFAULT_CHECKPOINT_BYTES)]
+    checkpoint_bytes: u64,
+    /// Checkpoint at least this often (seconds) while there are new writes.
+    #[arg(long, default_value_t = config::DEFAULT_CHECKPOINT_INTERVAL.as_secs())]
+    checkpoint_interval_secs: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Fsync {
+    Always,
+    Periodic,
+}
+
+pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
+    super::init_logging(&a.log_level);
+    let mut config = Config::new(&a.data_dir);
+    config.fsync = match a.fsync {
+        Fsync::Always => FsyncMode::Always,
+        Fsync::Periodic => FsyncMode::Periodic(PERIODIC_FSYNC),
+    };
+    config.segment_bytes = a.wal_segment_bytes.max(1024);
+    config.checkpoint_bytes = a.checkpoint_bytes;
+    config.checkpoint_interval = std::time::Duration::from_secs(a.checkpoint_interval_secs.max(1));
+    if matches!(a.fsync, Fsync::Periodic) {
+        tracing::warn!(
+            "--fsync periodic: a power loss can lose up to 100 ms of acknowledged writes"
+        );
+    }
+    let engine = Engine::open(config, Arc::new(SystemClock))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(a.grpc_addr)
+            .await
+            .map_err(|e| format!("cannot listen for gRPC on {}: {e}", a.grpc_addr))?;
+        let addr = listener.local_addr()?;
+        // A stable line on stdout so scripts and tests can find a port-0 server.
+        println!("tally: serving gRPC on {addr}");
+        std::io::stdout().flush()?;
+        tally::server::run(engine, listener, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,75 @@
+//! Typed configuration and every default and limit, documented once, here. The CLI
+//! (`cli::serve`) maps flags onto [`Config`]; the README's limits table mirrors the constants.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::wal::FsyncMode;
+
+/// Longest key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 4096;
+/// Longest value accepted by Set, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// Most keys in one Delete.
+pub const MAX_KEYS_PER_REQUEST: usize = 10_000;
+/// Largest encoded gRPC request we process; bigger ones get INVALID_ARGUMENT.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Interval between fsyncs in `--fsync periodic`.
+pub const PERIODIC_FSYNC: Duration = Duration::from_millis(100);
+/// Default size at which a WAL segment is sealed.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 16 << 20;
+/// Default WAL size that triggers a checkpoint.
+pub const DEFAULT_CHECKPOINT_BYTES: u64 = 64 << 20;
+/// Default time after which new writes are checkpointed even under light load.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Everything the engine needs to open a data directory.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data directory: `LOCK`, `CHECKPOINT`, `wal/`, `sled/`.
+    pub data_dir: PathBuf,
+    /// When writes are acknowledged.
+    pub fsync: FsyncMode,
+    /// WAL segment size.
+    pub segment_bytes: u64,
+    /// WAL bytes on disk that trigger a checkpoint (which then removes covered segments).
+    pub checkpoint_bytes: u64,
+    /// Checkpoint at least this often while there are new writes.
+    pub checkpoint_interval: Duration,
+}
+
+impl Config {
+    /// Defaults for `data_dir`: fsync before every acknowledgement.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            fsync: FsyncMode::Always,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+        }
+    }
+}
+
+/// Checks a key against the size limit.
+pub fn check_key(key: &[u8]) -> Result<()> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "key is {} bytes; the maximum key size is {MAX_KEY_BYTES} bytes",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a value against the size limit.
+pub fn check_value(value: &[u8]) -> Result<()> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "value is {} bytes; the maximum value size is {MAX_VALUE_BYTES} bytes",
+            value.len()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! The engine: the only write path, recovery, and checkpoints. Plain blocking Rust; it knows
+//! nothing of gRPC or tokio.
+//!
+//! A write runs in three steps:
+//! 1. under the key's stripe lock (per-key serialization, so a read-modify-write such as Incr is
+//!    atomic), read the current entry and compute the new one;
+//! 2. under the WAL's lock, apply it to sled and append the record (`Wal::append_with`), so LSN
+//!    order is apply order and every LSN handed out is already in sled;
+//! 3. return an [`Ack`] carrying the LSN; the caller replies only once the WAL acknowledges it.
+//!
+//! Reads return an [`Ack`] too, carrying the newest LSN at the time of the read: a reply never
+//! shows a value whose record could still be lost.
+//!
+//! Recovery: open sled, read the checkpoint LSN, replay every newer WAL record (physical, so
+//! idempotent). Checkpoint: note `L = wal.last_lsn()`; `Store::sync` (sled flush plus fsync of
+//! every sled file) makes all of `<= L` durable in sled; record `L` in `CHECKPOINT`; delete the
+//! segments at or below `L`. sled may hold effects of records newer than `L` (even of records
+//! that were never made durable and so never acknowledged): replay overwrites every key a newer
+//! durable record touched, and an unacknowledged write that survives is indistinguishable from
+//! one whose reply was lost.
+
+mod checkpoint;
+
+use std::collections::hash_map::RandomState;
+use std::fs::File;
+use std::hash::BuildHasher;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use crate::clock::Clock;
+use crate::config::{self, Config};
+use crate::error::{Error, Result};
+use crate::storage::{Delta, Entry, Store};
+use crate::value;
+use crate::wal::{Op, Waiter, Wal, WalConfig};
+
+/// Number of key-lock stripes. Two keys share a stripe with probability 1/STRIPES; that only
+/// serializes them, it never changes a result.
+const STRIPES: usize = 1024;
+/// How often the checkpointer checks whether a checkpoint is due.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(200);
+
+/// A result that may be shown to a client once `lsn` is acknowledged by the WAL.
+#[derive(Debug)]
+#[must_use = "reply only after the LSN is acknowledged"]
+pub struct Ack<T> {
+    /// The result.
+    pub value: T,
+    /// Wait for this LSN before replying.
+    pub lsn: u64,
+}
+
+/// Counters and positions, for `Stats`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    /// Keys physically stored (expired ones count until the sweeper removes them).
+    pub keys: u64,
+    /// Stored keys that have a deadline.
+    pub keys_with_ttl: u64,
+    /// Keys removed by expiry since startup.
+    pub expired: u64,
+    /// WAL bytes on disk.
+    pub wal_bytes: u64,
+    /// WAL segment files.
+    pub wal_segments: u64,
+    /// Highest LSN covered by an fsync.
+    pub durable_lsn: u64,
+    /// Newest LSN handed out.
+    pub last_lsn: u64,
+    /// LSN of the last checkpoint.
+    pub checkpoint_lsn: u64,
+}
+
+/// The counter engine. Open it with [`Engine::open`]; share the `Arc`.
+pub struct Engine {
+    store: Store,
+    wal: Wal,
+    clock: Arc<dyn Clock>,
+    stripes: Box<[Mutex<()>]>,
+    hasher: RandomState,
+    keys: AtomicI64,
+    ttl_keys: AtomicI64,
+    expired: AtomicU64,
+    /// Serializes checkpoints; holds the last checkpoint LSN.
+    checkpoint_lsn: Mutex<u64>,
+    closed: AtomicBool,
+    config: Config,
+    /// Held (flock) for the engine's lifetime so a second process cannot open the directory.
+    _lock: File,
+}
+
+impl Engine {
+    /// Locks and opens the data directory, replays the WAL, and starts the checkpointer.
+    pub fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Engine>> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating data directory {}", dir.display()), e))?;
+        let lock = lock_dir(dir)?;
+        let started = Instant::now();
+        let store = Store::open(&dir.join("sled"))?;
+        let ckpt = checkpoint::read(dir)?;
+        let wal_config = WalConfig {
+            dir: dir.join("wal"),
+            segment_bytes: config.segment_bytes,
+            fsync: config.fsync,
+        };
+        let (wal, replayed) =
+            Wal::open(wal_config, ckpt, &mut |r| store.apply(&r.ops).map(|_| ()))?;
+        let (keys, ttl_keys) = store.count()?;
+        info!(
+            data_dir = %dir.display(),
+            checkpoint_lsn = ckpt,
+            replayed,
+            keys,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "engine recovered"
+        );
+        let engine = Arc::new(Engine {
+            store,
+            wal,
+            clock,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+            keys: AtomicI64::new(keys as i64),
+            ttl_keys: AtomicI64::new(ttl_keys as i64),
+            expired: AtomicU64::new(0),
+            checkpoint_lsn: Mutex::new(ckpt),
+            closed: AtomicBool::new(false),
+            config,
+            _lock: lock,
+        });
+        spawn_checkpointer(Arc::downgrade(&engine));
+        Ok(engine)
+    }
+
+    /// The engine's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn stripe_of(&self, key: &[u8]) -> usize {
+        (self.hasher.hash_one(key) as usize) % STRIPES
+    }
+
+    fn lock_key(&self, key: &[u8]) -> MutexGuard<'_, ()> {
+        self.stripes[self.stripe_of(key)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Locks the stripes of all `keys` in index order (so two multi-key writers cannot deadlock).
+    fn lock_keys<'a>(&'a self, keys: impl Iterator<Item = &'a [u8]>) -> Vec<MutexGuard<'a, ()>> {
+        let mut idx: Vec<usize> = keys.map(|k| self.stripe_of(k)).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter()
+            .map(|i| self.stripes[i].lock().unwrap_or_else(|p| p.into_inner()))
+            .collect()
+    }
+
+    /// The entry under `key` unless it has expired (a key is gone from the millisecond after its
+    /// deadline, as in Redis).
+    fn live(&self, key: &[u8], now: i64) -> Result<Option<Entry>> {
+        Ok(self
+            .store
+            .get(key)?
+            .filter(|e| e.deadline_ms.is_none_or(|d| now <= d)))
+    }
+
+    /// Applies and logs `ops` as one record.
+    fn write(&self, ops: &[Op]) -> Result<u64> {
+        let mut delta = Delta::default();
+        let lsn = self.wal.append_with(ops, || {
+            delta = self.store.apply(ops)?;
+            Ok(())
+        })?;
+        self.keys.fetch_add(delta.keys, Ordering::Relaxed);
+        self.ttl_keys.fetch_add(delta.ttl_keys, Ordering::Relaxed);
+        Ok(lsn)
+    }
+
+    /// An Ack for a reply that changed nothing but observed the current state.
+    fn observed<T>(&self, value: T) -> Ack<T> {
+        Ack {
+            value,
+            lsn: self.wal.last_lsn(),
+        }
+    }
+
+    /// Redis INCRBY: adds `by` to the integer at `key` (missing counts as 0), keeping its TTL.
+    pub fn incr(&self, key: &[u8], by: i64) -> Result<Ack<i64>> {
+        config::check_key(key)?;
+        let _g = self.lock_key(key);
+        let cur = self.live(key, self.clock.now_ms())?;
+        let v = value::incr(cur.as_ref().map(|e| e.value.as_slice()), by)?;
+        let deadline_ms = cur.and_then(|e| e.deadline_ms);
+        let lsn = self.write(&[Op::Put {
+            key: key.to_vec(),
+            value: value::format_int(v),
+            deadline_ms,
+        }])?;
+        Ok(Ack { value: v, lsn })
+    }
+
+    /// The value at `key`, if present and not expired.
+    pub fn get(&self, key: &[u8]) -> Result<Ack<Option<Vec<u8>>>> {
+        config::check_key(key)?;
+        let e = self.live(key, self.clock.now_ms())?;
+        Ok(self.observed(e.map(|e| e.value)))
+    }
+
+    /// Redis SET without options: stores `value` and clears any TTL.
+    pub fn set(&self, key: &[u8], value: &[u8]) -> Result<Ack<()>> {
+        config::check_key(key)?;
+        config::check_value(value)?;
+        let _g = self.lock_key(key);
+        let lsn = self.write(&[Op::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            deadline_ms: None,
+        }])?;
+        Ok(Ack { value: (), lsn })
+    }
+
+    /// Redis DEL: removes the keys atomically (one record) and counts those that existed;
+    /// a key named twice counts once.
+    pub fn delete(&self, keys: &[Vec<u8>]) -> Result<Ack<i64>> {
+        for k in keys {
+            config::check_key(k)?;
+        }
+        let mut keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let _g = self.lock_keys(keys.iter().copied());
+        let now = self.clock.now_ms();
+        let mut ops = Vec::new();
+        let mut live = 0;
+        for k in keys {
+            if let Some(e) = self.store.get(k)? {
+                // An expired key is already gone for the client, but is removed physically too.
+                live += i64::from(e.deadline_ms.is_none_or(|d| now <= d));
+                ops.push(Op::Delete { key: k.to_vec() });
+            }
+        }
+        if ops.is_empty() {
+            return Ok(self.observed(0));
+        }
+        let lsn = self.write(&ops)?;
+        Ok(Ack { value: live, lsn })
+    }
+
+    /// Current counters and positions.
+    pub fn stats(&self) -> Stats {
+        let w = self.wal.stats();
+        Stats {
+            keys: self.keys.load(Ordering::Relaxed).max(0) as u64,
+            keys_with_ttl: self.ttl_keys.load(Ordering::Relaxed).max(0) as u64,
+            expired: self.expired.load(Ordering::Relaxed),
+            wal_bytes: w.bytes,
+            wal_segments: w.segments,
+            durable_lsn: w.synced_lsn,
+            last_lsn: w.last_lsn,
+            checkpoint_lsn: *self
+                .checkpoint_lsn
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// True if `lsn` is acknowledged already (the caller can reply without waiting).
+    pub fn is_acked(&self, lsn: u64) -> bool {
+        self.wal.is_acked(lsn)
+    }
+
+    /// Blocks until `lsn` is acknowledged.
+    pub fn wait(&self, lsn: u64) -> Result<()> {
+        self.wal.wait(lsn)
+    }
+
+    /// Calls `w` once `lsn` is acknowledged; see [`Wal::notify`].
+    pub fn notify(&self, lsn: u64, w: Waiter) {
+        self.wal.notify(lsn, w)
+    }
+
+    /// Makes sled durable up to the newest LSN and drops the WAL segments that covers.
+    /// Returns the checkpoint LSN.
+    pub fn checkpoint(&self) -> Result<u64> {
+        let mut last = self
+            .checkpoint_lsn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Every LSN <= l is already applied to sled (see `Wal::append_with`).
+        let l = self.wal.last_lsn();
+        if l == *last {
+            return Ok(l);
+        }
+        let started = Instant::now();
+        self.store.sync()?;
+        checkpoint::write(&self.config.data_dir, l)?;
+        *last = l;
+        let removed = self.wal.remove_through(l)?;
+        info!(
+            lsn = l,
+            removed_segments = removed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "checkpoint"
+        );
+        Ok(l)
+    }
+
+    fn checkpoint_due(&self, last_run: Instant) -> bool {
+        let s = self.wal.stats();
+        let ckpt = *self
+            .checkpoint_lsn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        s.last_lsn > ckpt
+            && (s.bytes >= self.config.checkpoint_bytes
+                || last_run.elapsed() >= self.config.checkpoint_interval)
+    }
+
+    /// Graceful stop: refuse new writes, write and fsync what the WAL holds, checkpoint.
+    /// Idempotent.
+    pub fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.wal.close();
+        self.checkpoint()?;
+        info!("engine closed");
+        Ok(())
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            error!("closing the engine: {e}");
+        }
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(format!(
+            "data directory {} is in use by another tally process (it holds {})",
+            dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::io(format!("locking {}", path.display()), e))
+        }
+    }
+}
+
+/// Runs checkpoints in the background while the engine lives and is open.
+fn spawn_checkpointer(engine: Weak<Engine>) {
+    let spawned = std::thread::Builder::new()
+        .name("tally-checkpoint".into())
+        .spawn(move || {
+            let mut last_run = Instant::now();
+            loop {
+                std::thread::sleep(CHECKPOINT_POLL);
+                let Some(e) = engine.upgrade() else { return };
+                if e.closed.load(Ordering::SeqCst) {
+                    return;
+                }
+                if e.checkpoint_due(last_run) {
+                    if let Err(err) = e.checkpoint() {
+                        // The WAL still holds everything; a failed checkpoint only delays cleanup.
+                        warn!("checkpoint failed: {err}");
+                    }
+                    last_run = Instant::now();
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("could not start the checkpointer thread: {e}");
+    }
+}

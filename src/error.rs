@@ -1,0 +1,77 @@
+//! The one error type of Tally's core. Every layer below the servers returns [`Error`]; the gRPC
+//! layer (`grpc::status`) is the single place that maps it to a status code. Messages that Redis
+//! also produces are Redis's exact words, so clients can branch on them.
+
+use std::fmt;
+use std::io;
+
+/// Everything that can go wrong in the core.
+#[derive(Debug)]
+pub enum Error {
+    /// The stored value or an argument is not a Redis integer (`string2ll` rules).
+    NotInteger,
+    /// INCRBY/DECRBY would leave the int64 range.
+    Overflow,
+    /// The request is malformed or breaks a documented limit; the message names it.
+    InvalidArgument(String),
+    /// The server can no longer acknowledge writes (a failed fsync, or shutting down).
+    /// Fail-stop: nothing is retried behind the caller's back.
+    Unavailable(String),
+    /// A WAL record or checkpoint failed its checks somewhere other than the torn tail.
+    Corruption(String),
+    /// Another process holds the data directory.
+    Locked(String),
+    /// An I/O error, with what we were doing.
+    Io { context: String, source: io::Error },
+    /// An error reported by sled.
+    Storage(sled::Error),
+}
+
+/// Shorthand used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O error with a sentence saying what failed.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// True for errors that mean the on-disk state cannot be trusted and startup must stop.
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, Error::Corruption(_))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NotInteger => f.write_str("value is not an integer or out of range"),
+            Error::Overflow => f.write_str("increment or decrement would overflow"),
+            Error::InvalidArgument(m) => f.write_str(m),
+            Error::Unavailable(m) => write!(f, "unavailable: {m}"),
+            Error::Corruption(m) => write!(f, "corruption: {m}"),
+            Error::Locked(m) => f.write_str(m),
+            Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::Storage(e) => write!(f, "storage: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            Error::Storage(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Error {
+        Error::Storage(e)
+    }
+}

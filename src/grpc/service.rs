@@ -1,0 +1,100 @@
+//! `tally.v1.CounterService` on top of the engine.
+//!
+//! The engine's step (stripe lock, sled read and apply, WAL buffer append) takes microseconds and
+//! never waits on the disk, so it runs inline on the tokio worker. The wait for the group-commit
+//! fsync is asynchronous: the WAL writer completes a oneshot channel.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::pb::{self, counter_service_server::CounterService};
+use super::validate;
+use crate::engine::{Ack, Engine};
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct Service {
+    engine: Arc<Engine>,
+}
+
+impl Service {
+    /// Serves `engine`.
+    pub fn new(engine: Arc<Engine>) -> Service {
+        Service { engine }
+    }
+
+    /// Resolves once the engine's WAL acknowledges `ack.lsn`.
+    async fn acked<T>(&self, ack: Ack<T>) -> Result<T, Status> {
+        if !self.engine.is_acked(ack.lsn) {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.engine
+                .notify(ack.lsn, Box::new(move |r| drop(tx.send(r))));
+            rx.await
+                .map_err(|_| Status::unavailable("the write-ahead log stopped"))?
+                .map_err(Status::from)?;
+        }
+        Ok(ack.value)
+    }
+}
+
+#[tonic::async_trait]
+impl CounterService for Service {
+    async fn incr(
+        &self,
+        req: Request<pb::IncrRequest>,
+    ) -> Result<Response<pb::IncrResponse>, Status> {
+        let r = req.into_inner();
+        let (key, by) = validate::incr(&r)?;
+        let value = self.acked(self.engine.incr(key, by)?).await?;
+        Ok(Response::new(pb::IncrResponse { value }))
+    }
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let r = req.into_inner();
+        let key = validate::get(&r)?;
+        let v = self.acked(self.engine.get(key)?).await?;
+        Ok(Response::new(match v {
+            Some(v) => pb::GetResponse {
+                found: true,
+                value: String::from_utf8_lossy(&v).into_owned(),
+            },
+            None => pb::GetResponse {
+                found: false,
+                value: String::new(),
+            },
+        }))
+    }
+
+    async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
+        let r = req.into_inner();
+        let (key, value) = validate::set(&r)?;
+        self.acked(self.engine.set(key, value)?).await?;
+        Ok(Response::new(pb::SetResponse {}))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let r = req.into_inner();
+        let keys = validate::delete(&r)?;
+        let deleted = self.acked(self.engine.delete(&keys)?).await?;
+        Ok(Response::new(pb::DeleteResponse { deleted }))
+    }
+
+    async fn stats(
+        &self,
+        _req: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        let s = self.engine.stats();
+        Ok(Response::new(pb::StatsResponse {
+            keys: s.keys as i64,
+            wal_bytes: s.wal_bytes as i64,
+            wal_segments: s.wal_segments as i64,
+            durable_lsn: s.durable_lsn as i64,
+            checkpoint_lsn: s.checkpoint_lsn as i64,
+            last_lsn: s.last_lsn as i64,
+        }))
+    }
+}

@@ -1,0 +1,19 @@
+//! The one translation from [`Error`] to a gRPC [`Status`]. Messages that Redis has are Redis's.
+
+use tonic::{Code, Status};
+
+use crate::error::Error;
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let code = match &e {
+            Error::NotInteger => Code::FailedPrecondition,
+            Error::Overflow => Code::OutOfRange,
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Corruption(_) => Code::DataLoss,
+            Error::Locked(_) | Error::Io { .. } | Error::Storage(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,213 @@
+//! The state machine's storage: one sled tree holding values and the TTL index.
+//!
+//! Owns the key encodings and keeps the TTL index consistent with the values: every change goes
+//! through [`Store::apply`], which updates both in one `apply_batch` (atomic in sled, also across
+//! crashes). Promises nothing about durability by itself: sled's `flush()` is not an fsync on
+//! Linux, so [`Store::sync`] adds real fsyncs, and the WAL stays the source of truth in between.
+//!
+//! Layout (one tree, so one batch covers a value and its index entry):
+//! ```text
+//! 'v' ++ key                           -> deadline_ms: i64 LE (0 = no TTL) ++ value bytes
+//! 't' ++ deadline_ms: u64 BE ++ key    -> ""   (TTL index, ordered by deadline)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::wal::Op;
+
+const VALUE: u8 = b'v';
+const TTL: u8 = b't';
+
+/// A stored value with its expiry deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The value bytes.
+    pub value: Vec<u8>,
+    /// Absolute unix-ms deadline, if the key has a TTL.
+    pub deadline_ms: Option<i64>,
+}
+
+/// How an `apply` changed the key counts.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Delta {
+    /// Keys created minus keys removed.
+    pub keys: i64,
+    /// Keys that gained a TTL minus keys that lost one.
+    pub ttl_keys: i64,
+}
+
+/// The sled-backed store.
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+fn value_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(VALUE);
+    k.extend_from_slice(key);
+    k
+}
+
+fn ttl_key(deadline_ms: i64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + key.len());
+    k.push(TTL);
+    // Deadlines that reach the store are in the future, hence positive; BE keeps them ordered.
+    k.extend_from_slice(&(deadline_ms as u64).to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn decode_entry(raw: &[u8]) -> Result<Entry> {
+    if raw.len() < 8 {
+        return Err(Error::Corruption(format!(
+            "stored value of {} bytes is too short",
+            raw.len()
+        )));
+    }
+    let d = i64::from_le_bytes(raw[..8].try_into().unwrap());
+    Ok(Entry {
+        value: raw[8..].to_vec(),
+        deadline_ms: (d != 0).then_some(d),
+    })
+}
+
+fn encode_entry(value: &[u8], deadline_ms: Option<i64>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + value.len());
+    v.extend_from_slice(&deadline_ms.unwrap_or(0).to_le_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = sled::Config::new().path(path).open()?;
+        Ok(Store {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The entry under `key`, expired or not.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
+        self.db
+            .get(value_key(key))?
+            .map(|raw| decode_entry(&raw))
+            .transpose()
+    }
+
+    /// Applies `ops` atomically, keeping the TTL index in step, and says how the counts moved.
+    /// Idempotent: it reads the current state itself, so replaying a record already reflected in
+    /// sled changes nothing.
+    pub fn apply(&self, ops: &[Op]) -> Result<Delta> {
+        let mut batch = sled::Batch::default();
+        let mut delta = Delta::default();
+        // State left by earlier ops of this batch: (key, present, deadline). Records are small,
+        // so a linear scan beats a map.
+        let mut seen: Vec<(&[u8], bool, Option<i64>)> = Vec::new();
+        for op in ops {
+            let key = op.key();
+            let (present, old_deadline) = match seen.iter().rev().find(|s| s.0 == key) {
+                Some(&(_, p, d)) => (p, d),
+                None => match self.get(key)? {
+                    Some(e) => (true, e.deadline_ms),
+                    None => (false, None),
+                },
+            };
+            if let Some(d) = old_deadline {
+                batch.remove(ttl_key(d, key));
+            }
+            let (now_present, new_deadline) = match op {
+                Op::Put {
+                    value, deadline_ms, ..
+                } => {
+                    batch.insert(value_key(key), encode_entry(value, *deadline_ms));
+                    if let Some(d) = deadline_ms {
+                        batch.insert(ttl_key(*d, key), &[][..]);
+                    }
+                    (true, *deadline_ms)
+                }
+                Op::Delete { .. } => {
+                    batch.remove(value_key(key));
+                    (false, None)
+                }
+            };
+            delta.keys += i64::from(now_present) - i64::from(present);
+            delta.ttl_keys += i64::from(new_deadline.is_some()) - i64::from(old_deadline.is_some());
+            seen.push((key, now_present, new_deadline));
+        }
+        self.db.apply_batch(batch)?;
+        Ok(delta)
+    }
+
+    /// Counts keys and keys with a TTL by scanning (startup only).
+    pub fn count(&self) -> Result<(u64, u64)> {
+        let mut keys = 0;
+        for r in self.db.scan_prefix([VALUE]) {
+            r?;
+            keys += 1;
+        }
+        let mut ttl = 0;
+        for r in self.db.scan_prefix([TTL]) {
+            r?;
+            ttl += 1;
+        }
+        Ok((keys, ttl))
+    }
+
+    /// Up to `limit` TTL-index entries with a deadline strictly before `before_ms`, earliest
+    /// first, as (key, deadline).
+    pub fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<(Vec<u8>, i64)>> {
+        let mut out = Vec::new();
+        for r in self.db.range(vec![TTL]..ttl_key(before_ms.max(0), b"")) {
+            let (k, _) = r?;
+            let d = u64::from_be_bytes(k[1..9].try_into().unwrap()) as i64;
+            out.push((k[9..].to_vec(), d));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The earliest deadline in the TTL index.
+    pub fn earliest_deadline(&self) -> Result<Option<i64>> {
+        Ok(self
+            .db
+            .scan_prefix([TTL])
+            .next()
+            .transpose()?
+            .map(|(k, _)| u64::from_be_bytes(k[1..9].try_into().unwrap()) as i64))
+    }
+
+    /// Makes everything applied so far durable: sled's `flush()` writes its buffers with `pwrite`
+    /// and `sync_file_range` (which flushes neither metadata nor the device cache), so we then
+    /// `fsync` every file and directory sled keeps. fsync acts on the inode, whichever descriptor
+    /// wrote it, so this covers sled's own writes.
+    pub fn sync(&self) -> Result<()> {
+        self.db.flush()?;
+        sync_tree(&self.path)
+    }
+}
+
+fn sync_tree(dir: &Path) -> Result<()> {
+    let rd =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io("listing sled directory", e))?;
+        let path = entry.path();
+        let ft = entry
+            .file_type()
+            .map_err(|e| Error::io("stat in sled directory", e))?;
+        if ft.is_dir() {
+            sync_tree(&path)?;
+        } else if ft.is_file() {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(format!("fsync of {}", path.display()), e))?;
+        }
+    }
+    crate::wal::segment::sync_dir(dir)
+}

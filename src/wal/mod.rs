@@ -1,0 +1,429 @@
+//! Tally's write-ahead log: the durability point.
+//!
+//! Owns: record framing (`record`), segment files and the startup scan (`segment`), and the
+//! group-commit writer below. Promises: an LSN handed out by [`Wal::append`] is *acknowledged*
+//! (waiters on it are released) only after the bytes of that record and of every earlier record
+//! are written and, in [`FsyncMode::Always`], `fdatasync`'d. LSNs are contiguous and survive
+//! restarts (the next LSN is one past the newest found in the WAL or the checkpoint).
+//!
+//! Group commit: appenders encode their record into a shared buffer under a mutex (no I/O there)
+//! and return at once; one writer thread swaps the buffer out, writes it with one `write`, and
+//! fsyncs once for the whole batch. While it waits on the disk the next batch fills up, so the
+//! batch size follows the load without a timer.
+//!
+//! Fail-stop: if a write or fsync fails, every pending and future waiter gets
+//! `Error::Unavailable`. We never retry an fsync: after a failed fsync Linux may have dropped the
+//! dirty pages, so a retry can "succeed" without the data (the PostgreSQL fsyncgate lesson).
+//!
+//! Leaves out on purpose: what a record means (the engine's job) and when segments may be removed
+//! (the engine's checkpoint decides; [`Wal::remove_through`] only deletes what it is told).
+
+pub mod record;
+pub mod segment;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info};
+
+pub use record::{Op, Record};
+pub use segment::SegmentInfo;
+
+use crate::error::{Error, Result};
+
+/// When an appended record counts as acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncMode {
+    /// After the `fdatasync` that covers it. Nothing acknowledged is lost on a crash or power loss.
+    Always,
+    /// After the `write` to the OS; an fsync runs every given interval. A process crash loses
+    /// nothing; a power loss or kernel crash loses up to one interval of acknowledged writes.
+    Periodic(Duration),
+}
+
+/// How the WAL is set up.
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    /// Directory holding the segment files.
+    pub dir: PathBuf,
+    /// A segment is sealed and a new one started once it reaches this size.
+    pub segment_bytes: u64,
+    /// Acknowledgement rule.
+    pub fsync: FsyncMode,
+}
+
+/// A callback run once the LSN it waits for is acknowledged (or the WAL has failed).
+pub type Waiter = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// The log. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct Wal {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the writer thread when the buffer gains a record or the log closes.
+    work: Condvar,
+    /// Wakes blocking waiters when the acknowledged LSN moves or the log fails.
+    acked: Condvar,
+    /// All segments, oldest first; the last is the one being appended to.
+    segments: Mutex<Vec<SegmentInfo>>,
+    dir: PathBuf,
+    config: WalConfig,
+}
+
+struct State {
+    buf: Vec<u8>,
+    next_lsn: u64,
+    /// Highest LSN handed to the OS with `write`.
+    written: u64,
+    /// Highest LSN covered by an fsync.
+    synced: u64,
+    failed: Option<String>,
+    closed: bool,
+    waiters: BTreeMap<u64, Vec<Waiter>>,
+}
+
+impl State {
+    fn acked(&self, mode: FsyncMode) -> u64 {
+        match mode {
+            FsyncMode::Always => self.synced,
+            FsyncMode::Periodic(_) => self.written,
+        }
+    }
+}
+
+/// Sizes for `Stats`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WalStats {
+    /// Bytes in all segment files.
+    pub bytes: u64,
+    /// Number of segment files.
+    pub segments: u64,
+    /// Highest LSN covered by an fsync.
+    pub synced_lsn: u64,
+    /// Highest LSN handed out.
+    pub last_lsn: u64,
+}
+
+impl Wal {
+    /// Opens the WAL in `config.dir`, replaying every record newer than `checkpoint_lsn` through
+    /// `apply`, and starts the writer thread. Returns the log and the number of records replayed.
+    pub fn open(
+        config: WalConfig,
+        checkpoint_lsn: u64,
+        apply: &mut dyn FnMut(Record) -> Result<()>,
+    ) -> Result<(Wal, u64)> {
+        std::fs::create_dir_all(&config.dir)
+            .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
+        let rec = segment::recover(&config.dir, checkpoint_lsn, apply)?;
+        let mut segments = rec.segments;
+        let file = match segments.last() {
+            Some(last) => segment::open_append(last)?,
+            None => {
+                let (f, info) = segment::create(&config.dir, rec.last_lsn + 1)?;
+                segments.push(info);
+                f
+            }
+        };
+        info!(
+            last_lsn = rec.last_lsn,
+            replayed = rec.replayed,
+            segments = segments.len(),
+            "WAL opened"
+        );
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                buf: Vec::with_capacity(1 << 16),
+                next_lsn: rec.last_lsn + 1,
+                written: rec.last_lsn,
+                synced: rec.last_lsn,
+                failed: None,
+                closed: false,
+                waiters: BTreeMap::new(),
+            }),
+            work: Condvar::new(),
+            acked: Condvar::new(),
+            segments: Mutex::new(segments),
+            dir: config.dir.clone(),
+            config,
+        });
+        let s = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("tally-wal".into())
+            .spawn(move || writer(s, file))
+            .map_err(|e| Error::io("spawning the WAL writer thread", e))?;
+        Ok((
+            Wal {
+                shared,
+                writer: Mutex::new(Some(handle)),
+            },
+            rec.replayed,
+        ))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends one record holding `ops` and returns its LSN. Does no I/O: the record becomes
+    /// durable when the writer's next batch covers it; wait with [`Wal::wait`] or [`Wal::notify`].
+    pub fn append(&self, ops: &[Op]) -> Result<u64> {
+        self.append_with(ops, || Ok(()))
+    }
+
+    /// Like [`Wal::append`], but first runs `apply` under the log's lock and appends only if it
+    /// succeeds. The engine applies the record to its state here, so that (1) LSN order is
+    /// apply order, and (2) every LSN `<= last_lsn()` is already applied, which is what makes a
+    /// checkpoint at `last_lsn()` sound. Nothing is applied when the log refuses appends.
+    pub fn append_with(&self, ops: &[Op], apply: impl FnOnce() -> Result<()>) -> Result<u64> {
+        let mut st = self.lock();
+        if let Some(m) = &st.failed {
+            return Err(Error::Unavailable(m.clone()));
+        }
+        if st.closed {
+            return Err(Error::Unavailable("server is shutting down".into()));
+        }
+        apply()?;
+        let lsn = st.next_lsn;
+        st.next_lsn += 1;
+        record::encode(&mut st.buf, lsn, ops);
+        drop(st);
+        self.shared.work.notify_one();
+        Ok(lsn)
+    }
+
+    /// The newest LSN handed out (0 before the first record ever).
+    pub fn last_lsn(&self) -> u64 {
+        self.lock().next_lsn - 1
+    }
+
+    /// True if `lsn` is already acknowledged.
+    pub fn is_acked(&self, lsn: u64) -> bool {
+        self.lock().acked(self.shared.config.fsync) >= lsn
+    }
+
+    /// Blocks until `lsn` is acknowledged, or fails if the log has failed.
+    pub fn wait(&self, lsn: u64) -> Result<()> {
+        let mode = self.shared.config.fsync;
+        let mut st = self.lock();
+        loop {
+            if st.acked(mode) >= lsn {
+                return Ok(());
+            }
+            if let Some(m) = &st.failed {
+                return Err(Error::Unavailable(m.clone()));
+            }
+            st = self
+                .shared
+                .acked
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Runs `w` once `lsn` is acknowledged (at once if it already is), on the writer thread.
+    /// `w` must be quick and must not block: typically it completes a oneshot channel.
+    pub fn notify(&self, lsn: u64, w: Waiter) {
+        let mut st = self.lock();
+        if st.acked(self.shared.config.fsync) >= lsn {
+            drop(st);
+            return w(Ok(()));
+        }
+        if let Some(m) = &st.failed {
+            let m = m.clone();
+            drop(st);
+            return w(Err(Error::Unavailable(m)));
+        }
+        st.waiters.entry(lsn).or_default().push(w);
+    }
+
+    /// Deletes sealed segments whose records all have LSN <= `lsn`. The caller promises that the
+    /// state those records produced is durable elsewhere (the checkpoint contract).
+    pub fn remove_through(&self, lsn: u64) -> Result<usize> {
+        let mut segs = self
+            .shared
+            .segments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        // Never the last (active) segment: the writer holds it open.
+        while segs.len() > 1 && segs[1].first_lsn <= lsn + 1 {
+            let s = segs.remove(0);
+            std::fs::remove_file(&s.path)
+                .map_err(|e| Error::io(format!("removing {}", s.path.display()), e))?;
+            debug!(segment = %s.path.display(), "removed checkpointed WAL segment");
+            n += 1;
+        }
+        drop(segs);
+        if n > 0 {
+            segment::sync_dir(&self.shared.dir)?;
+        }
+        Ok(n)
+    }
+
+    /// Sizes and positions, for `Stats`.
+    pub fn stats(&self) -> WalStats {
+        let (synced_lsn, last_lsn) = {
+            let st = self.lock();
+            (st.synced, st.next_lsn - 1)
+        };
+        let segs = self
+            .shared
+            .segments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        WalStats {
+            bytes: segs.iter().map(|s| s.len).sum(),
+            segments: segs.len() as u64,
+            synced_lsn,
+            last_lsn,
+        }
+    }
+
+    /// Stops accepting appends, lets the writer write and fsync what is buffered, and joins it.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.shared.work.notify_all();
+        if let Some(h) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+
+    /// The directory this log lives in.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The group-commit loop. Owns the active segment file.
+fn writer(shared: Arc<Shared>, mut file: File) {
+    let mode = shared.config.fsync;
+    let mut spare: Vec<u8> = Vec::with_capacity(1 << 16);
+    let mut last_sync = Instant::now();
+    loop {
+        let (batch_last, closing) = {
+            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            while st.buf.is_empty() && !st.closed {
+                st = match mode {
+                    FsyncMode::Always => shared.work.wait(st).unwrap_or_else(|p| p.into_inner()),
+                    FsyncMode::Periodic(every) => {
+                        if st.written > st.synced && last_sync.elapsed() >= every {
+                            break;
+                        }
+                        shared
+                            .work
+                            .wait_timeout(st, every)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
+                    }
+                };
+            }
+            std::mem::swap(&mut st.buf, &mut spare);
+            (st.next_lsn - 1, st.closed)
+        };
+        let mut result = Ok(());
+        if !spare.is_empty() {
+            result = file.write_all(&spare).map_err(|e| ("write", e));
+            if result.is_ok() {
+                let mut segs = shared.segments.lock().unwrap_or_else(|p| p.into_inner());
+                segs.last_mut().expect("active segment").len += spare.len() as u64;
+            }
+        }
+        let had_data = !spare.is_empty();
+        spare.clear();
+        let want_sync = match mode {
+            FsyncMode::Always => had_data || closing,
+            FsyncMode::Periodic(every) => closing || last_sync.elapsed() >= every,
+        };
+        let mut synced = false;
+        if result.is_ok() && want_sync {
+            result = file.sync_data().map_err(|e| ("fdatasync", e));
+            synced = result.is_ok();
+            last_sync = Instant::now();
+        }
+        if let Err((what, e)) = result {
+            fail(
+                &shared,
+                format!("WAL {what} failed: {e}; refusing further writes"),
+            );
+            return;
+        }
+        let ready = {
+            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.written = batch_last;
+            if synced {
+                st.synced = batch_last;
+            }
+            let acked = st.acked(mode);
+            let rest = st.waiters.split_off(&(acked + 1));
+            std::mem::replace(&mut st.waiters, rest)
+        };
+        shared.acked.notify_all();
+        for w in ready.into_values().flatten() {
+            w(Ok(()));
+        }
+        if closing {
+            return;
+        }
+        if let Err(e) = maybe_roll(&shared, &mut file, batch_last, synced) {
+            fail(
+                &shared,
+                format!("WAL segment roll failed: {e}; refusing further writes"),
+            );
+            return;
+        }
+    }
+}
+
+/// Seals the active segment once it is full and starts the next one at `last + 1`.
+fn maybe_roll(shared: &Shared, file: &mut File, last: u64, synced: bool) -> Result<()> {
+    let full = {
+        let segs = shared.segments.lock().unwrap_or_else(|p| p.into_inner());
+        segs.last().expect("active segment").len >= shared.config.segment_bytes
+    };
+    if !full {
+        return Ok(());
+    }
+    if !synced {
+        // A sealed segment must be wholly durable: only the newest may hold a torn tail.
+        file.sync_data()
+            .map_err(|e| Error::io("fdatasync before sealing a segment", e))?;
+        let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.synced = st.synced.max(last);
+    }
+    let (f, info) = segment::create(&shared.dir, last + 1)?;
+    *file = f;
+    shared
+        .segments
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(info);
+    debug!(first_lsn = last + 1, "started a new WAL segment");
+    Ok(())
+}
+
+fn fail(shared: &Shared, msg: String) {
+    error!("{msg}");
+    let waiters = {
+        let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.failed = Some(msg.clone());
+        std::mem::take(&mut st.waiters)
+    };
+    shared.acked.notify_all();
+    for w in waiters.into_values().flatten() {
+        w(Err(Error::Unavailable(msg.clone())));
+    }
+}

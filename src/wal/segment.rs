@@ -1,0 +1,235 @@
+//! Segment files: naming, creation, and the startup scan that replays them.
+//!
+//! A segment is `wal/<first_lsn, 20 digits>.wal`: the 8-byte magic `TALLYWL1`, then frames
+//! (see `record`). The name gives the LSN of its first record, so the set of files says which
+//! LSNs exist without opening them. A segment is fsync'd before the next one is created, so only
+//! the newest segment can end in a torn write.
+//!
+//! Damage rules at startup:
+//! - in the newest segment, an unfinished frame at the end, a final frame whose body fails its
+//!   checksum, or a zero-filled tail is a torn write: it is truncated with a warning that names the
+//!   segment and offset (nothing in it was acknowledged, since acks follow the fsync);
+//! - anything else (a bad frame with data after it, damage in a sealed segment, an LSN that is not
+//!   the previous plus one, a missing segment) is corruption, and startup stops.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use tracing::warn;
+
+use super::record::{self, Frame, Record};
+use crate::error::{Error, Result};
+
+/// First bytes of every segment; the digit is the format version.
+pub const MAGIC: &[u8; 8] = b"TALLYWL1";
+
+/// One segment file on disk.
+#[derive(Debug, Clone)]
+pub struct SegmentInfo {
+    /// LSN of the first record this segment holds (or will hold).
+    pub first_lsn: u64,
+    /// Its path.
+    pub path: PathBuf,
+    /// Its length in bytes.
+    pub len: u64,
+}
+
+/// File name of the segment starting at `first_lsn`.
+pub fn name(first_lsn: u64) -> String {
+    format!("{first_lsn:020}.wal")
+}
+
+/// The segments in `dir`, oldest first.
+pub fn list(dir: &Path) -> Result<Vec<SegmentInfo>> {
+    let mut out = Vec::new();
+    let rd = fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io("listing WAL directory", e))?;
+        let file_name = entry.file_name();
+        let Some(stem) = file_name.to_str().and_then(|n| n.strip_suffix(".wal")) else {
+            continue;
+        };
+        let Ok(first_lsn) = stem.parse::<u64>() else {
+            continue;
+        };
+        let len = entry
+            .metadata()
+            .map_err(|e| Error::io("stat WAL segment", e))?
+            .len();
+        out.push(SegmentInfo {
+            first_lsn,
+            path: entry.path(),
+            len,
+        });
+    }
+    out.sort_by_key(|s| s.first_lsn);
+    Ok(out)
+}
+
+/// Creates a new empty segment, durable (file and directory entry) before it is used.
+pub fn create(dir: &Path, first_lsn: u64) -> Result<(File, SegmentInfo)> {
+    let path = dir.join(name(first_lsn));
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    f.write_all(MAGIC)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    sync_dir(dir)?;
+    Ok((
+        f,
+        SegmentInfo {
+            first_lsn,
+            path,
+            len: MAGIC.len() as u64,
+        },
+    ))
+}
+
+/// fsyncs a directory so that file creations, renames and removals in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("fsync of directory {}", dir.display()), e))
+}
+
+/// The outcome of [`recover`].
+pub struct Recovered {
+    /// The segments left on disk, oldest first (the last one is reopened for appends).
+    pub segments: Vec<SegmentInfo>,
+    /// The last LSN found, or `checkpoint_lsn` when the WAL holds nothing newer.
+    pub last_lsn: u64,
+    /// How many records were passed to `apply`.
+    pub replayed: u64,
+}
+
+/// Checks every segment in `dir` and passes each record newer than `checkpoint_lsn` to `apply`,
+/// in LSN order. Truncates a torn tail; returns `Error::Corruption` for any other damage.
+pub fn recover(
+    dir: &Path,
+    checkpoint_lsn: u64,
+    apply: &mut dyn FnMut(Record) -> Result<()>,
+) -> Result<Recovered> {
+    let mut segments = list(dir)?;
+    let mut expected: Option<u64> = None;
+    let mut replayed = 0;
+    let count = segments.len();
+    for (i, seg) in segments.iter_mut().enumerate() {
+        let is_last = i + 1 == count;
+        let seg_name = name(seg.first_lsn);
+        let data = fs::read(&seg.path)
+            .map_err(|e| Error::io(format!("reading {}", seg.path.display()), e))?;
+        if i == 0 && seg.first_lsn > checkpoint_lsn + 1 {
+            return Err(Error::Corruption(format!(
+                "WAL segment {seg_name} starts at LSN {} but the checkpoint covers only up to LSN \
+                 {checkpoint_lsn}: records in between are missing",
+                seg.first_lsn
+            )));
+        }
+        if let Some(e) = expected
+            && e != seg.first_lsn
+        {
+            return Err(Error::Corruption(format!(
+                "WAL segment {seg_name} starts at LSN {} but the previous segment ends at LSN {}",
+                seg.first_lsn,
+                e - 1
+            )));
+        }
+        let mut next = seg.first_lsn;
+        if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+            if is_last && MAGIC.starts_with(&data) {
+                // Crashed while creating the segment: it holds no record yet.
+                warn!(segment = %seg_name, "WAL segment header incomplete; rewriting it");
+                rewrite_header(seg)?;
+                expected = Some(next);
+                continue;
+            }
+            return Err(record::corruption(&seg_name, 0, "bad segment header"));
+        }
+        let mut off = MAGIC.len();
+        while off < data.len() {
+            let rest = &data[off..];
+            let torn = match record::decode(rest) {
+                Frame::Record(r, n) => {
+                    if r.lsn != next {
+                        return Err(record::corruption(
+                            &seg_name,
+                            off as u64,
+                            &format!("record has LSN {} where {next} was expected", r.lsn),
+                        ));
+                    }
+                    if r.lsn > checkpoint_lsn {
+                        apply(r)?;
+                        replayed += 1;
+                    }
+                    next += 1;
+                    off += n;
+                    continue;
+                }
+                Frame::Incomplete => is_last,
+                Frame::BadHeader => is_last && rest.iter().all(|&b| b == 0),
+                Frame::BadBody(_, n) => is_last && n == rest.len(),
+            };
+            if !torn {
+                let what = match record::decode(rest) {
+                    Frame::BadBody(m, _) => format!("bad record ({m})"),
+                    Frame::BadHeader => "bad record header".to_string(),
+                    _ => "incomplete record in a sealed segment".to_string(),
+                };
+                return Err(record::corruption(&seg_name, off as u64, &what));
+            }
+            warn!(
+                segment = %seg_name,
+                offset = off,
+                dropped_bytes = rest.len(),
+                "truncating torn WAL tail (an unfinished write; it was never acknowledged)"
+            );
+            truncate(seg, off as u64)?;
+            break;
+        }
+        expected = Some(next);
+    }
+    let last_lsn = expected.map_or(checkpoint_lsn, |e| (e - 1).max(checkpoint_lsn));
+    Ok(Recovered {
+        segments,
+        last_lsn,
+        replayed,
+    })
+}
+
+fn truncate(seg: &mut SegmentInfo, len: u64) -> Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(&seg.path)
+        .map_err(|e| Error::io(format!("opening {}", seg.path.display()), e))?;
+    f.set_len(len)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(format!("truncating {}", seg.path.display()), e))?;
+    seg.len = len;
+    Ok(())
+}
+
+fn rewrite_header(seg: &mut SegmentInfo) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&seg.path)
+        .map_err(|e| Error::io(format!("opening {}", seg.path.display()), e))?;
+    f.write_all(MAGIC)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(format!("rewriting {}", seg.path.display()), e))?;
+    seg.len = MAGIC.len() as u64;
+    Ok(())
+}
+
+/// Opens an existing segment for appending at its end.
+pub fn open_append(seg: &SegmentInfo) -> Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .open(&seg.path)
+        .map_err(|e| Error::io(format!("opening {}", seg.path.display()), e))
+}
