@@ -6,8 +6,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 use crate::config::MAX_REQUEST_BYTES;
@@ -50,13 +50,17 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(counter)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            shutdown.await;
-            info!("shutting down: no new connections; finishing in-flight calls");
-            health_on_stop
-                .set_not_serving::<CounterServiceServer<Service>>()
-                .await;
-        })
+        // TCP_NODELAY: a reply is a few small HTTP/2 frames; Nagle would hold them back.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                shutdown.await;
+                info!("shutting down: no new connections; finishing in-flight calls");
+                health_on_stop
+                    .set_not_serving::<CounterServiceServer<Service>>()
+                    .await;
+            },
+        )
         .await?;
     tokio::task::spawn_blocking(move || engine.close()).await??;
     info!("stopped");

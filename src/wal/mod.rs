@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -74,6 +75,8 @@ struct Shared {
     acked: Condvar,
     /// All segments, oldest first; the last is the one being appended to.
     segments: Mutex<Vec<SegmentInfo>>,
+    /// Sum of the segments' lengths, readable without a lock (the checkpointer polls it).
+    disk_bytes: AtomicU64,
     dir: PathBuf,
     config: WalConfig,
 }
@@ -150,6 +153,7 @@ impl Wal {
             }),
             work: Condvar::new(),
             acked: Condvar::new(),
+            disk_bytes: AtomicU64::new(segments.iter().map(|s| s.len).sum()),
             segments: Mutex::new(segments),
             dir: config.dir.clone(),
             config,
@@ -256,6 +260,7 @@ impl Wal {
         // Never the last (active) segment: the writer holds it open.
         while segs.len() > 1 && segs[1].first_lsn <= lsn + 1 {
             let s = segs.remove(0);
+            self.shared.disk_bytes.fetch_sub(s.len, Ordering::Relaxed);
             std::fs::remove_file(&s.path)
                 .map_err(|e| Error::io(format!("removing {}", s.path.display()), e))?;
             debug!(segment = %s.path.display(), "removed checkpointed WAL segment");
@@ -266,6 +271,11 @@ impl Wal {
             segment::sync_dir(&self.shared.dir)?;
         }
         Ok(n)
+    }
+
+    /// Bytes in all segment files, without taking a lock.
+    pub fn disk_bytes(&self) -> u64 {
+        self.shared.disk_bytes.load(Ordering::Relaxed)
     }
 
     /// Sizes and positions, for `Stats`.
@@ -280,7 +290,7 @@ impl Wal {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         WalStats {
-            bytes: segs.iter().map(|s| s.len).sum(),
+            bytes: self.disk_bytes(),
             segments: segs.len() as u64,
             synced_lsn,
             last_lsn,
@@ -340,6 +350,9 @@ fn writer(shared: Arc<Shared>, mut file: File) {
             if result.is_ok() {
                 let mut segs = shared.segments.lock().unwrap_or_else(|p| p.into_inner());
                 segs.last_mut().expect("active segment").len += spare.len() as u64;
+                shared
+                    .disk_bytes
+                    .fetch_add(spare.len() as u64, Ordering::Relaxed);
             }
         }
         let had_data = !spare.is_empty();
@@ -406,6 +419,7 @@ fn maybe_roll(shared: &Shared, file: &mut File, last: u64, synced: bool) -> Resu
     }
     let (f, info) = segment::create(&shared.dir, last + 1)?;
     *file = f;
+    shared.disk_bytes.fetch_add(info.len, Ordering::Relaxed);
     shared
         .segments
         .lock()

@@ -1,0 +1,299 @@
+//! Counter semantics over gRPC, through the generated client, against REDIS_SEMANTICS §2-3.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::InProc;
+use tally::clock::SystemClock;
+use tally::config::Config;
+use tally::grpc::pb::*;
+use tonic::Code;
+
+async fn server() -> (InProc, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = InProc::start(Config::new(dir.path()), Arc::new(SystemClock)).await;
+    (s, dir)
+}
+
+fn incr(key: &str, by: Option<i64>) -> IncrRequest {
+    IncrRequest {
+        key: key.into(),
+        by,
+    }
+}
+
+async fn get(c: &mut common::Client, key: &str) -> Option<String> {
+    let r = c
+        .get(GetRequest { key: key.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    r.found.then_some(r.value)
+}
+
+async fn set(c: &mut common::Client, key: &str, value: &str) {
+    c.set(SetRequest {
+        key: key.into(),
+        value: value.into(),
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn incr_follows_redis_incrby() {
+    let (s, _d) = server().await;
+    let mut c = s.client().await;
+    assert_eq!(c.incr(incr("n", None)).await.unwrap().into_inner().value, 1);
+    assert_eq!(
+        c.incr(incr("n", Some(5))).await.unwrap().into_inner().value,
+        6
+    );
+    assert_eq!(
+        c.incr(incr("n", Some(-10)))
+            .await
+            .unwrap()
+            .into_inner()
+            .value,
+        -4
+    );
+    assert_eq!(get(&mut c, "n").await.as_deref(), Some("-4"));
+    assert_eq!(
+        c.incr(incr("d", Some(-1)))
+            .await
+            .unwrap()
+            .into_inner()
+            .value,
+        -1
+    );
+    assert_eq!(
+        c.incr(incr("z", Some(i64::MIN)))
+            .await
+            .unwrap()
+            .into_inner()
+            .value,
+        i64::MIN
+    );
+    assert_eq!(get(&mut c, "missing").await, None);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_values_parse_with_string2ll() {
+    let (s, _d) = server().await;
+    let mut c = s.client().await;
+    for (stored, want) in [
+        ("0", 1),
+        ("-1", 0),
+        ("9223372036854775806", i64::MAX),
+        ("-9223372036854775808", -9223372036854775807),
+    ] {
+        set(&mut c, "k", stored).await;
+        assert_eq!(
+            c.incr(incr("k", None)).await.unwrap().into_inner().value,
+            want,
+            "{stored}"
+        );
+    }
+    for stored in [
+        "hello",
+        " 1",
+        "1 ",
+        "+1",
+        "01",
+        "00",
+        "-01",
+        "1.0",
+        "1e3",
+        "0x10",
+        "",
+        "-0",
+        "-",
+        "1\u{0}2",
+        "１",
+        "12345678901234567890",
+        "9223372036854775808",
+        "-9223372036854775809",
+    ] {
+        set(&mut c, "k", stored).await;
+        let e = c.incr(incr("k", None)).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{stored:?}");
+        assert_eq!(e.message(), "value is not an integer or out of range");
+        assert_eq!(
+            get(&mut c, "k").await.as_deref(),
+            Some(stored),
+            "a failed Incr changed {stored:?}"
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overflow_is_out_of_range_and_changes_nothing() {
+    let (s, _d) = server().await;
+    let mut c = s.client().await;
+    let cases = [
+        ("9223372036854775807", 1),
+        ("-9223372036854775808", -1),
+        ("1", i64::MAX),
+        ("-1", i64::MIN),
+    ];
+    for (stored, by) in cases {
+        set(&mut c, "v", stored).await;
+        let e = c.incr(incr("v", Some(by))).await.unwrap_err();
+        assert_eq!(e.code(), Code::OutOfRange);
+        assert_eq!(e.message(), "increment or decrement would overflow");
+        assert_eq!(get(&mut c, "v").await.as_deref(), Some(stored));
+    }
+    set(&mut c, "v", "9223372036854775807").await;
+    assert_eq!(
+        c.incr(incr("v", Some(0))).await.unwrap().into_inner().value,
+        i64::MAX
+    );
+    let before = c.stats(StatsRequest {}).await.unwrap().into_inner().keys;
+    set(&mut c, "h", "hello").await;
+    let _ = c.incr(incr("h", None)).await.unwrap_err();
+    assert_eq!(
+        c.stats(StatsRequest {}).await.unwrap().into_inner().keys,
+        before + 1
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_counts_existing_keys_once() {
+    let (s, _d) = server().await;
+    let mut c = s.client().await;
+    set(&mut c, "a", "1").await;
+    set(&mut c, "b", "x").await;
+    let keys = ["a", "a", "b", "nope"].map(String::from).to_vec();
+    let r = c.delete(DeleteRequest { keys }).await.unwrap().into_inner();
+    assert_eq!(r.deleted, 2);
+    assert_eq!(get(&mut c, "a").await, None);
+    assert_eq!(get(&mut c, "b").await, None);
+    assert_eq!(
+        c.delete(DeleteRequest {
+            keys: vec!["a".into()]
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deleted,
+        0
+    );
+    assert_eq!(c.stats(StatsRequest {}).await.unwrap().into_inner().keys, 0);
+    // A deleted counter starts again from 0.
+    assert_eq!(c.incr(incr("a", None)).await.unwrap().into_inner().value, 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_invalid_argument_naming_the_limit() {
+    let (s, _d) = server().await;
+    let mut c = s.client().await;
+    let e = c.incr(incr("", None)).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::InvalidArgument, "key must not be empty")
+    );
+    let e = c
+        .get(GetRequest {
+            key: "k".repeat(4097),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("maximum key size is 4096 bytes"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        c.get(GetRequest {
+            key: "k".repeat(4096)
+        })
+        .await
+        .is_ok()
+    );
+    let e = c
+        .set(SetRequest {
+            key: "k".into(),
+            value: "v".repeat((1 << 20) + 1),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("maximum value size is 1048576 bytes"),
+        "{}",
+        e.message()
+    );
+    let keys: Vec<String> = (0..1200)
+        .map(|i| format!("{i:04}{}", "x".repeat(4000)))
+        .collect();
+    let e = c.delete(DeleteRequest { keys }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message()
+            .contains("maximum request size is 4194304 bytes"),
+        "{}",
+        e.message()
+    );
+    let keys: Vec<String> = (0..10_001).map(|i| i.to_string()).collect();
+    let e = c.delete(DeleteRequest { keys }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("maximum is 10000"), "{}", e.message());
+    let e = c
+        .delete(DeleteRequest {
+            keys: vec!["a".into(), String::new()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // Past the hard ceiling tonic refuses the message before we see it; it still names the limit.
+    let e = c
+        .set(SetRequest {
+            key: "k".into(),
+            value: "v".repeat(17 << 20),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange);
+    assert!(
+        e.message().contains("the limit is: 16777216 bytes"),
+        "{}",
+        e.message()
+    );
+    // None of it stored anything.
+    assert_eq!(c.stats(StatsRequest {}).await.unwrap().into_inner().keys, 0);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_increments_on_one_key_are_exact() {
+    let (s, _d) = server().await;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let mut c = s.client().await;
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::with_capacity(250);
+            for _ in 0..250 {
+                seen.push(c.incr(incr("hot", None)).await.unwrap().into_inner().value);
+            }
+            seen
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    // Every reply is distinct: no two increments saw the same old value.
+    assert_eq!(all, (1..=4000).collect::<Vec<i64>>());
+    let mut c = s.client().await;
+    assert_eq!(get(&mut c, "hot").await.as_deref(), Some("4000"));
+    let st = c.stats(StatsRequest {}).await.unwrap().into_inner();
+    assert!(st.durable_lsn >= 4000, "{st:?}");
+    s.stop().await;
+}

@@ -1,0 +1,418 @@
+//! Crash recovery: WAL cut at every byte, flipped bits, restart and kill -9 of the real binary,
+//! the data-directory lock, and checkpoints bounding the WAL.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Proc, connect};
+use tally::clock::SystemClock;
+use tally::config::Config;
+use tally::engine::Engine;
+use tally::grpc::pb::*;
+
+fn open(dir: &Path) -> tally::Result<Arc<Engine>> {
+    Engine::open(Config::new(dir), Arc::new(SystemClock))
+}
+
+fn only_segment(dir: &Path) -> PathBuf {
+    let segs: Vec<_> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    segs[0].clone()
+}
+
+/// End offsets of the complete frames in a segment, read with an independent parser of the
+/// documented format: 8-byte magic, then frames of `len u32 | len_crc u32 | crc u32 | body`.
+fn frame_ends(seg: &[u8]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut off = 8;
+    while off + 12 <= seg.len() {
+        let len = u32::from_le_bytes(seg[off..off + 4].try_into().unwrap()) as usize;
+        off += 12 + len;
+        ends.push(off);
+    }
+    assert_eq!(off, seg.len());
+    ends
+}
+
+/// The ops of the cut test: each is one record; the model after k records is known.
+enum Step {
+    Set(&'static str, &'static str),
+    Incr(&'static str, i64),
+    Del(&'static str),
+}
+
+const STEPS: &[Step] = &[
+    Step::Incr("c", 1),
+    Step::Set("a", "hello"),
+    Step::Incr("c", 41),
+    Step::Set("b", "7"),
+    Step::Del("a"),
+    Step::Incr("b", -8),
+    Step::Incr("c", 100),
+    Step::Set("a", "again"),
+    Step::Del("c"),
+    Step::Incr("c", 5),
+];
+
+fn model(k: usize) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for s in &STEPS[..k] {
+        match s {
+            Step::Set(key, v) => {
+                m.insert(key.to_string(), v.to_string());
+            }
+            Step::Incr(key, by) => {
+                let old: i64 = m.get(*key).map_or(0, |v: &String| v.parse().unwrap());
+                m.insert(key.to_string(), (old + by).to_string());
+            }
+            Step::Del(key) => {
+                m.remove(*key);
+            }
+        }
+    }
+    m
+}
+
+fn state(e: &Engine) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for k in ["a", "b", "c"] {
+        if let Some(v) = e.get(k.as_bytes()).unwrap().value {
+            m.insert(k.to_string(), String::from_utf8(v).unwrap());
+        }
+    }
+    m
+}
+
+/// Writes STEPS with the engine and returns the WAL segment's bytes.
+fn write_steps(dir: &Path) -> Vec<u8> {
+    let e = open(dir).unwrap();
+    for s in STEPS {
+        let lsn = match s {
+            Step::Set(k, v) => e.set(k.as_bytes(), v.as_bytes()).unwrap().lsn,
+            Step::Incr(k, by) => e.incr(k.as_bytes(), *by).unwrap().lsn,
+            Step::Del(k) => e.delete(&[k.as_bytes().to_vec()]).unwrap().lsn,
+        };
+        e.wait(lsn).unwrap();
+    }
+    assert_eq!(state(&e), model(STEPS.len()));
+    drop(e);
+    std::fs::read(only_segment(dir)).unwrap()
+}
+
+#[test]
+fn wal_cut_at_every_byte_recovers_the_complete_record_prefix() {
+    let src = tempfile::tempdir().unwrap();
+    let seg = write_steps(src.path());
+    let ends = frame_ends(&seg);
+    assert_eq!(ends.len(), STEPS.len());
+    let name = only_segment(src.path()).file_name().unwrap().to_owned();
+    for cut in 0..=seg.len() {
+        // Only the WAL: the state must come from replay alone.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("wal")).unwrap();
+        std::fs::write(d.path().join("wal").join(&name), &seg[..cut]).unwrap();
+        let complete = ends.iter().filter(|&&end| end <= cut).count();
+        let e = open(d.path()).unwrap_or_else(|err| panic!("cut {cut}: {err}"));
+        assert_eq!(state(&e), model(complete), "cut at byte {cut}");
+        assert_eq!(e.stats().last_lsn, complete as u64, "cut at byte {cut}");
+        // The torn tail was truncated, and new records continue the LSN sequence.
+        let ack = e.incr(b"after", 1).unwrap();
+        assert_eq!(ack.lsn, complete as u64 + 1);
+        e.wait(ack.lsn).unwrap();
+        drop(e);
+        let e = open(d.path()).unwrap();
+        assert_eq!(e.get(b"after").unwrap().value.as_deref(), Some(&b"1"[..]));
+    }
+}
+
+#[test]
+fn flipped_bit_before_the_tail_stops_startup() {
+    let src = tempfile::tempdir().unwrap();
+    let seg = write_steps(src.path());
+    let ends = frame_ends(&seg);
+    let name = only_segment(src.path())
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    // Flip every bit of the third record (header and body): always corruption, never a silent
+    // truncation that would drop records 4..10.
+    let (start, end) = (ends[1], ends[2]);
+    for byte in start..end {
+        for bit in 0..8 {
+            let mut bad = seg.clone();
+            bad[byte] ^= 1 << bit;
+            let d = tempfile::tempdir().unwrap();
+            std::fs::create_dir(d.path().join("wal")).unwrap();
+            std::fs::write(d.path().join("wal").join(&name), &bad).unwrap();
+            let err = match open(d.path()) {
+                Ok(_) => panic!("byte {byte} bit {bit}: startup accepted a damaged record"),
+                Err(e) => e,
+            };
+            assert!(err.is_corruption(), "{err}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&name) && msg.contains(&format!("offset {start}")),
+                "{msg}"
+            );
+        }
+    }
+    // Damage to the last record is indistinguishable from a torn write: it is dropped.
+    let mut bad = seg.clone();
+    let last = seg.len() - 1;
+    bad[last] ^= 0x10;
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("wal")).unwrap();
+    std::fs::write(d.path().join("wal").join(&name), &bad).unwrap();
+    let e = open(d.path()).unwrap();
+    assert_eq!(state(&e), model(STEPS.len() - 1));
+}
+
+#[test]
+fn the_binary_refuses_a_corrupt_wal_with_a_clear_error() {
+    let d = tempfile::tempdir().unwrap();
+    let seg = write_steps(d.path());
+    let ends = frame_ends(&seg);
+    // Remove the checkpoint and sled so the WAL must be replayed from the start.
+    std::fs::remove_dir_all(d.path().join("sled")).unwrap();
+    std::fs::remove_file(d.path().join("CHECKPOINT")).unwrap();
+    let path = only_segment(d.path());
+    let mut bad = seg.clone();
+    bad[ends[0] + 20] ^= 4;
+    std::fs::write(&path, &bad).unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("corruption") && err.contains(&format!("offset {}", ends[0])),
+        "{err}"
+    );
+    // Nothing was changed: the damaged segment is still there, byte for byte.
+    assert_eq!(std::fs::read(&path).unwrap(), bad);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_keeps_acknowledged_state_after_term_and_after_kill9() {
+    let d = tempfile::tempdir().unwrap();
+    for (round, graceful) in [(1, true), (2, false), (3, false)] {
+        let mut p = Proc::start(d.path(), &[]);
+        let mut c = connect(&p.addr).await;
+        if round > 1 {
+            let v = c
+                .get(GetRequest { key: "n".into() })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(v.value, (100 * (round - 1)).to_string(), "round {round}");
+            assert!(
+                !c.get(GetRequest { key: "gone".into() })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .found
+            );
+            assert_eq!(
+                c.get(GetRequest { key: "s".into() })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .value,
+                "text"
+            );
+        }
+        for _ in 0..100 {
+            c.incr(IncrRequest {
+                key: "n".into(),
+                by: None,
+            })
+            .await
+            .unwrap();
+        }
+        c.set(SetRequest {
+            key: "s".into(),
+            value: "text".into(),
+        })
+        .await
+        .unwrap();
+        c.set(SetRequest {
+            key: "gone".into(),
+            value: "x".into(),
+        })
+        .await
+        .unwrap();
+        c.delete(DeleteRequest {
+            keys: vec!["gone".into()],
+        })
+        .await
+        .unwrap();
+        if graceful {
+            assert!(p.term().success());
+        } else {
+            p.kill9();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_under_concurrent_load_loses_nothing_acknowledged_and_doubles_nothing() {
+    const KEYS: usize = 8;
+    const CYCLES: usize = 4;
+    let d = tempfile::tempdir().unwrap();
+    // Small segments and checkpoints, so kills also land around rolls and checkpoints.
+    let extra = ["--wal-segment-bytes", "4096", "--checkpoint-bytes", "16384"];
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+    let unknown: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+    for cycle in 0..CYCLES {
+        let mut p = Proc::start(d.path(), &extra);
+        let mut c = connect(&p.addr).await;
+        for k in 0..KEYS {
+            let r = c
+                .get(GetRequest {
+                    key: format!("k{k}"),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let v: u64 = if r.found { r.value.parse().unwrap() } else { 0 };
+            let (a, u) = (
+                acked[k].load(Ordering::SeqCst),
+                unknown[k].load(Ordering::SeqCst),
+            );
+            assert!(
+                v >= a,
+                "cycle {cycle} key k{k}: lost writes: value {v} < acknowledged {a}"
+            );
+            assert!(
+                v <= a + u,
+                "cycle {cycle} key k{k}: doubled: value {v} > acked {a} + unknown {u}"
+            );
+            // Whatever survived of the unknown ones is now the new baseline.
+            acked[k].store(v, Ordering::SeqCst);
+            unknown[k].store(0, Ordering::SeqCst);
+        }
+        let stop = Instant::now() + Duration::from_millis(300 + 150 * cycle as u64);
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let mut c = connect(&p.addr).await;
+            let (acked, unknown) = (acked.clone(), unknown.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = t;
+                loop {
+                    let k = i % KEYS;
+                    i += 3;
+                    unknown[k].fetch_add(1, Ordering::SeqCst);
+                    match c
+                        .incr(IncrRequest {
+                            key: format!("k{k}"),
+                            by: None,
+                        })
+                        .await
+                    {
+                        Ok(_) => {
+                            unknown[k].fetch_sub(1, Ordering::SeqCst);
+                            acked[k].fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(_) => return, // the server died: this one stays unknown
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep_until(stop.into()).await;
+        p.kill9();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+    let total: u64 = acked.iter().map(|a| a.load(Ordering::SeqCst)).sum();
+    assert!(
+        total > 100,
+        "the load generator made too little progress: {total}"
+    );
+}
+
+#[test]
+fn a_second_server_on_the_same_directory_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let _p = Proc::start(d.path(), &[]);
+    let before: Vec<_> = walk(d.path());
+    let t = Instant::now();
+    let out = std::process::Command::new(common::bin())
+        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another tally process"), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "the second server must not start serving"
+    );
+    assert_eq!(
+        walk(d.path()),
+        before,
+        "the refused server changed the directory"
+    );
+}
+
+fn walk(p: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else if e.path().parent().unwrap().ends_with("wal") || e.file_name() == "CHECKPOINT" {
+            out.push((e.path(), e.metadata().unwrap().len()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn checkpoints_bound_wal_disk_use_and_keep_state() {
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = Config::new(d.path());
+    cfg.segment_bytes = 4096;
+    cfg.checkpoint_bytes = 64 * 1024;
+    let e = Engine::open(cfg.clone(), Arc::new(SystemClock)).unwrap();
+    let mut max_bytes = 0;
+    for i in 0..100_000u64 {
+        let a = e.incr(format!("k{}", i % 100).as_bytes(), 1).unwrap();
+        if i % 64 == 0 {
+            e.wait(a.lsn).unwrap();
+            max_bytes = max_bytes.max(e.stats().wal_bytes);
+        }
+    }
+    let s = e.stats();
+    assert!(s.checkpoint_lsn > 0, "no checkpoint ran: {s:?}");
+    // 100k records of ~46 bytes is ~4.6 MB of WAL; checkpoints keep it near the threshold.
+    assert!(max_bytes < 1 << 20, "WAL grew to {max_bytes} bytes");
+    let l = e.checkpoint().unwrap();
+    assert_eq!(l, 100_000);
+    assert!(e.stats().wal_segments <= 2, "{:?}", e.stats());
+    drop(e);
+    let e = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
+    for k in 0..100 {
+        assert_eq!(
+            e.get(format!("k{k}").as_bytes()).unwrap().value.unwrap(),
+            b"1000"
+        );
+    }
+    // LSNs continue past the checkpoint.
+    assert_eq!(e.incr(b"k0", 1).unwrap().lsn, 100_001);
+}
