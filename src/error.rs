@@ -12,6 +12,8 @@ pub enum Error {
     NotInteger,
     /// INCRBY/DECRBY would leave the int64 range.
     Overflow,
+    /// An expiry argument is out of range (Redis: "invalid expire time in '<cmd>' command").
+    InvalidExpireTime(&'static str),
     /// The request is malformed or breaks a documented limit; the message names it.
     InvalidArgument(String),
     /// The server can no longer acknowledge writes (a failed fsync, or shutting down).
@@ -50,6 +52,7 @@ impl fmt::Display for Error {
         match self {
             Error::NotInteger => f.write_str("value is not an integer or out of range"),
             Error::Overflow => f.write_str("increment or decrement would overflow"),
+            Error::InvalidExpireTime(cmd) => write!(f, "invalid expire time in '{cmd}' command"),
             Error::InvalidArgument(m) => f.write_str(m),
             Error::Unavailable(m) => write!(f, "unavailable: {m}"),
             Error::Corruption(m) => write!(f, "corruption: {m}"),

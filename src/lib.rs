@@ -7,13 +7,15 @@
 //!                             ──(3) Ack{lsn} ─> caller waits until the WAL writer's
 //!                                   group-commit fsync covers lsn, then replies
 //! ```
-//! The core (`wal`, `storage`, `engine`, `value`, `clock`, `error`, `config`) is synchronous and
-//! knows nothing of tonic; `grpc` and `server` are the async edges.
+//! Expiry is another writer: the sweeper (`expiry`) removes due keys through the same path.
+//! The core (`wal`, `storage`, `engine`, `expiry`, `value`, `clock`, `error`, `config`) is
+//! synchronous and knows nothing of tonic; `grpc` and `server` are the async edges.
 
 pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod expiry;
 pub mod grpc;
 pub mod server;
 pub mod storage;

@@ -1,5 +1,5 @@
 //! Server lifecycle: `run(engine, listener, shutdown)` wires the engine to gRPC (with health and
-//! reflection) and, when `shutdown` resolves, stops accepting, lets in-flight calls finish,
+//! reflection), starts the expiry sweeper, and, when `shutdown` resolves, stops accepting, lets in-flight calls finish,
 //! then closes the engine (drain and fsync the WAL, checkpoint sled).
 
 use std::future::Future;
@@ -42,6 +42,7 @@ pub async fn run(
     let counter = CounterServiceServer::new(Service::new(engine.clone()))
         .max_decoding_message_size(HARD_MAX_MESSAGE_BYTES);
 
+    crate::expiry::spawn(&engine);
     let addr = listener.local_addr()?;
     info!(%addr, "serving gRPC");
     let health_on_stop = health.clone();

@@ -36,6 +36,7 @@ async fn set(c: &mut common::Client, key: &str, value: &str) {
     c.set(SetRequest {
         key: key.into(),
         value: value.into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -220,6 +221,7 @@ async fn bad_input_is_invalid_argument_naming_the_limit() {
         .set(SetRequest {
             key: "k".into(),
             value: "v".repeat((1 << 20) + 1),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -256,6 +258,7 @@ async fn bad_input_is_invalid_argument_naming_the_limit() {
         .set(SetRequest {
             key: "k".into(),
             value: "v".repeat(17 << 20),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -58,6 +58,33 @@ fn grpcurl_lists_describes_and_calls_the_service() {
         "tally.v1.CounterService/Get",
     ]);
     assert!(get.contains(r#""value": "4""#), "{get}");
+    let rpc = |name: &str, json: &str| {
+        grpcurl(&[
+            "-plaintext",
+            "-d",
+            json,
+            addr,
+            &format!("tally.v1.CounterService/{name}"),
+        ])
+    };
+    let exp = rpc(
+        "Expire",
+        r#"{"key":"page:home","ttl_ms":60000,"condition":"CONDITION_NX"}"#,
+    );
+    assert!(exp.contains(r#""applied": true"#), "{exp}");
+    let exp = rpc(
+        "Expire",
+        r#"{"key":"page:home","ttl_ms":5,"condition":"CONDITION_NX"}"#,
+    );
+    assert!(
+        !exp.contains("applied"),
+        "NX must refuse a key with a TTL: {exp}"
+    );
+    let ttl = rpc("Ttl", r#"{"key":"page:home"}"#);
+    assert!(
+        ttl.contains("ttlMs") && ttl.contains("expireAtUnixMs"),
+        "{ttl}"
+    );
     for svc in ["", "tally.v1.CounterService"] {
         let body = format!(r#"{{"service":"{svc}"}}"#);
         let h = grpcurl(&[

@@ -96,7 +96,11 @@ fn write_steps(dir: &Path) -> Vec<u8> {
     let e = open(dir).unwrap();
     for s in STEPS {
         let lsn = match s {
-            Step::Set(k, v) => e.set(k.as_bytes(), v.as_bytes()).unwrap().lsn,
+            Step::Set(k, v) => {
+                e.set(k.as_bytes(), v.as_bytes(), &Default::default())
+                    .unwrap()
+                    .lsn
+            }
             Step::Incr(k, by) => e.incr(k.as_bytes(), *by).unwrap().lsn,
             Step::Del(k) => e.delete(&[k.as_bytes().to_vec()]).unwrap().lsn,
         };
@@ -244,12 +248,14 @@ async fn restart_keeps_acknowledged_state_after_term_and_after_kill9() {
         c.set(SetRequest {
             key: "s".into(),
             value: "text".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
         c.set(SetRequest {
             key: "gone".into(),
             value: "x".into(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -20,6 +20,9 @@
 //! one whose reply was lost.
 
 mod checkpoint;
+mod expire;
+
+pub use expire::{Condition, Expiry, Ttl};
 
 use std::collections::hash_map::RandomState;
 use std::fs::File;
@@ -45,6 +48,30 @@ const STRIPES: usize = 1024;
 /// disk use overshoots `checkpoint_bytes` by at most this long's worth of writes.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(10);
 
+/// Options of [`Engine::set`], as Redis SET's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetOptions {
+    /// Set a TTL (EX/PX/EXAT/PXAT). `None` clears the TTL unless `keep_ttl`.
+    pub expiry: Option<Expiry>,
+    /// Keep the key's current TTL (KEEPTTL).
+    pub keep_ttl: bool,
+    /// Only if the key does not exist.
+    pub nx: bool,
+    /// Only if the key exists.
+    pub xx: bool,
+    /// Return the old value.
+    pub get: bool,
+}
+
+/// What [`Engine::set`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetOutcome {
+    /// False when NX or XX refused the write.
+    pub applied: bool,
+    /// The old value, when `get` was asked and the key existed.
+    pub old: Option<Vec<u8>>,
+}
+
 /// A result that may be shown to a client once `lsn` is acknowledged by the WAL.
 #[derive(Debug)]
 #[must_use = "reply only after the LSN is acknowledged"]
@@ -62,7 +89,7 @@ pub struct Stats {
     pub keys: u64,
     /// Stored keys that have a deadline.
     pub keys_with_ttl: u64,
-    /// Keys removed by expiry since startup.
+    /// Keys removed by the sweeper since startup.
     pub expired: u64,
     /// WAL bytes on disk.
     pub wal_bytes: u64,
@@ -214,17 +241,60 @@ impl Engine {
         Ok(self.observed(e.map(|e| e.value)))
     }
 
-    /// Redis SET without options: stores `value` and clears any TTL.
-    pub fn set(&self, key: &[u8], value: &[u8]) -> Result<Ack<()>> {
+    /// Redis SET with its options: NX/XX, an expiry or KEEPTTL, GET. Without options it stores
+    /// `value` and clears any TTL. A deadline at or before now stores nothing and removes the key.
+    pub fn set(&self, key: &[u8], value: &[u8], opts: &SetOptions) -> Result<Ack<SetOutcome>> {
         config::check_key(key)?;
         config::check_value(value)?;
+        if opts.nx && opts.xx {
+            return Err(Error::InvalidArgument(
+                "nx and xx cannot be combined".into(),
+            ));
+        }
+        if opts.keep_ttl && opts.expiry.is_some() {
+            return Err(Error::InvalidArgument(
+                "keep_ttl cannot be combined with a TTL".into(),
+            ));
+        }
         let _g = self.lock_key(key);
-        let lsn = self.write(&[Op::Put {
-            key: key.to_vec(),
-            value: value.to_vec(),
-            deadline_ms: None,
-        }])?;
-        Ok(Ack { value: (), lsn })
+        let now = self.clock.now_ms();
+        let deadline = opts.expiry.map(|e| e.resolve_for_set(now)).transpose()?;
+        let cur = self.live(key, now)?;
+        let exists = cur.is_some();
+        let (old, cur_deadline) = match cur {
+            Some(e) => (opts.get.then_some(e.value), e.deadline_ms),
+            None => (None, None),
+        };
+        if (opts.nx && exists) || (opts.xx && !exists) {
+            return Ok(self.observed(SetOutcome {
+                applied: false,
+                old,
+            }));
+        }
+        let deadline_ms = if opts.keep_ttl {
+            cur_deadline
+        } else {
+            deadline
+        };
+        let op = match deadline_ms {
+            Some(d) if d <= now => {
+                // Already expired (EXAT/PXAT in the past): Redis replies OK and the key is gone.
+                if self.store.get(key)?.is_none() {
+                    return Ok(self.observed(SetOutcome { applied: true, old }));
+                }
+                Op::Delete { key: key.to_vec() }
+            }
+            _ => Op::Put {
+                key: key.to_vec(),
+                value: value.to_vec(),
+                deadline_ms,
+            },
+        };
+        let lsn = self.write(&[op])?;
+        Ok(Ack {
+            value: SetOutcome { applied: true, old },
+            lsn,
+        })
     }
 
     /// Redis DEL: removes the keys atomically (one record) and counts those that existed;
@@ -334,6 +404,11 @@ impl Engine {
         self.checkpoint()?;
         info!("engine closed");
         Ok(())
+    }
+
+    /// True once [`Engine::close`] has begun.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// The data directory.

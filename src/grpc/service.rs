@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::pb::{self, counter_service_server::CounterService};
 use super::validate;
-use crate::engine::{Ack, Engine};
+use crate::engine::{Ack, Engine, Ttl};
 
 /// The gRPC service.
 #[derive(Clone)]
@@ -52,7 +52,7 @@ impl CounterService for Service {
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let r = req.into_inner();
-        let key = validate::get(&r)?;
+        let key = validate::key_only(&r, &r.key)?;
         let v = self.acked(self.engine.get(key)?).await?;
         Ok(Response::new(match v {
             Some(v) => pb::GetResponse {
@@ -68,9 +68,49 @@ impl CounterService for Service {
 
     async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
         let r = req.into_inner();
-        let (key, value) = validate::set(&r)?;
-        self.acked(self.engine.set(key, value)?).await?;
-        Ok(Response::new(pb::SetResponse {}))
+        let (key, value, opts) = validate::set(&r)?;
+        let out = self.acked(self.engine.set(key, value, &opts)?).await?;
+        Ok(Response::new(pb::SetResponse {
+            applied: out.applied,
+            old_value: out.old.map(|v| String::from_utf8_lossy(&v).into_owned()),
+        }))
+    }
+
+    async fn expire(
+        &self,
+        req: Request<pb::ExpireRequest>,
+    ) -> Result<Response<pb::ExpireResponse>, Status> {
+        let r = req.into_inner();
+        let (key, when, cond) = validate::expire(&r)?;
+        let applied = self.acked(self.engine.expire(key, when, cond)?).await?;
+        Ok(Response::new(pb::ExpireResponse { applied }))
+    }
+
+    async fn ttl(&self, req: Request<pb::TtlRequest>) -> Result<Response<pb::TtlResponse>, Status> {
+        let r = req.into_inner();
+        let key = validate::key_only(&r, &r.key)?;
+        let (ttl_ms, expire_at_unix_ms) = match self.acked(self.engine.ttl(key)?).await? {
+            Ttl::Missing => (-2, -2),
+            Ttl::Persistent => (-1, -1),
+            Ttl::Expires {
+                deadline_ms,
+                remaining_ms,
+            } => (remaining_ms, deadline_ms),
+        };
+        Ok(Response::new(pb::TtlResponse {
+            ttl_ms,
+            expire_at_unix_ms,
+        }))
+    }
+
+    async fn persist(
+        &self,
+        req: Request<pb::PersistRequest>,
+    ) -> Result<Response<pb::PersistResponse>, Status> {
+        let r = req.into_inner();
+        let key = validate::key_only(&r, &r.key)?;
+        let applied = self.acked(self.engine.persist(key)?).await?;
+        Ok(Response::new(pb::PersistResponse { applied }))
     }
 
     async fn delete(
@@ -95,6 +135,8 @@ impl CounterService for Service {
             durable_lsn: s.durable_lsn as i64,
             checkpoint_lsn: s.checkpoint_lsn as i64,
             last_lsn: s.last_lsn as i64,
+            keys_with_ttl: s.keys_with_ttl as i64,
+            expired_keys: s.expired as i64,
         }))
     }
 }

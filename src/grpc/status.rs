@@ -9,7 +9,7 @@ impl From<Error> for Status {
         let code = match &e {
             Error::NotInteger => Code::FailedPrecondition,
             Error::Overflow => Code::OutOfRange,
-            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::InvalidArgument(_) | Error::InvalidExpireTime(_) => Code::InvalidArgument,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Corruption(_) => Code::DataLoss,
             Error::Locked(_) | Error::Io { .. } | Error::Storage(_) => Code::Internal,

@@ -5,6 +5,7 @@ use prost::Message;
 
 use super::pb;
 use crate::config::{self, MAX_KEYS_PER_REQUEST, MAX_REQUEST_BYTES};
+use crate::engine::{Condition, Expiry, SetOptions};
 use crate::error::{Error, Result};
 
 fn size(req: &impl Message) -> Result<()> {
@@ -31,15 +32,54 @@ pub fn incr(r: &pb::IncrRequest) -> Result<(&[u8], i64)> {
     Ok((key(&r.key)?, r.by.unwrap_or(1)))
 }
 
-pub fn get(r: &pb::GetRequest) -> Result<&[u8]> {
-    size(r)?;
-    key(&r.key)
-}
-
-pub fn set(r: &pb::SetRequest) -> Result<(&[u8], &[u8])> {
+pub fn set(r: &pb::SetRequest) -> Result<(&[u8], &[u8], SetOptions)> {
     size(r)?;
     config::check_value(r.value.as_bytes())?;
-    Ok((key(&r.key)?, r.value.as_bytes()))
+    let expiry = r.expiry.map(|e| match e {
+        pb::set_request::Expiry::TtlMs(ms) => Expiry::In(ms),
+        pb::set_request::Expiry::AtUnixMs(at) => Expiry::At(at),
+    });
+    let opts = SetOptions {
+        expiry,
+        keep_ttl: r.keep_ttl,
+        nx: r.nx,
+        xx: r.xx,
+        get: r.get,
+    };
+    Ok((key(&r.key)?, r.value.as_bytes(), opts))
+}
+
+pub fn expire(r: &pb::ExpireRequest) -> Result<(&[u8], Expiry, Condition)> {
+    size(r)?;
+    let when = match r.when {
+        Some(pb::expire_request::When::TtlMs(ms)) => Expiry::In(ms),
+        Some(pb::expire_request::When::AtUnixMs(at)) => Expiry::At(at),
+        None => {
+            return Err(Error::InvalidArgument(
+                "one of ttl_ms or at_unix_ms is required".into(),
+            ));
+        }
+    };
+    let cond = match pb::Condition::try_from(r.condition) {
+        Ok(pb::Condition::None) => Condition::None,
+        Ok(pb::Condition::Nx) => Condition::Nx,
+        Ok(pb::Condition::Xx) => Condition::Xx,
+        Ok(pb::Condition::Gt) => Condition::Gt,
+        Ok(pb::Condition::Lt) => Condition::Lt,
+        Err(_) => {
+            return Err(Error::InvalidArgument(format!(
+                "unknown condition {}",
+                r.condition
+            )));
+        }
+    };
+    Ok((key(&r.key)?, when, cond))
+}
+
+/// A request that names one key and nothing else (Ttl, Persist).
+pub fn key_only<'a>(r: &impl Message, k: &'a str) -> Result<&'a [u8]> {
+    size(r)?;
+    key(k)
 }
 
 pub fn delete(r: &pb::DeleteRequest) -> Result<Vec<Vec<u8>>> {

@@ -194,6 +194,12 @@ impl Store {
         Ok(out)
     }
 
+    /// Drops one TTL-index entry that no longer matches its key (a stale hint).
+    pub fn remove_index(&self, key: &[u8], deadline_ms: i64) -> Result<()> {
+        self.db.remove(ttl_key(deadline_ms, key))?;
+        Ok(())
+    }
+
     /// The earliest deadline in the TTL index.
     pub fn earliest_deadline(&self) -> Result<Option<i64>> {
         Ok(self

@@ -1,0 +1,180 @@
+//! Expiry: EXPIRE/TTL/PERSIST semantics and the sweep step, in absolute unix milliseconds.
+//!
+//! A deadline is stored with the value and written in the same WAL record as the write that
+//! sets it, so it survives restarts as an absolute time: downtime counts. A key is missing for
+//! every operation from the millisecond after its deadline (lazy expiry); the sweeper
+//! (`crate::expiry`) removes it physically through [`Engine::sweep`], which logs a Delete like any
+//! client write and re-checks the deadline under the key's lock when it applies.
+
+use super::{Ack, Engine};
+use crate::config;
+use crate::error::{Error, Result};
+use crate::wal::Op;
+
+/// When a TTL ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// This many milliseconds from now (EXPIRE/PEXPIRE, SET EX/PX).
+    In(i64),
+    /// At this unix time in milliseconds (EXPIREAT/PEXPIREAT, SET EXAT/PXAT).
+    At(i64),
+}
+
+impl Expiry {
+    /// The absolute deadline for EXPIRE-family commands: any value, but `now + ms` must not
+    /// overflow (Redis: `ms > LLONG_MAX - now` is an error).
+    pub fn resolve_for_expire(self, now: i64) -> Result<i64> {
+        match self {
+            Expiry::In(ms) => now
+                .checked_add(ms)
+                .ok_or(Error::InvalidExpireTime("expire")),
+            Expiry::At(at) => Ok(at),
+        }
+    }
+
+    /// The absolute deadline for SET: the argument must be positive, and `now + ms` must not
+    /// overflow.
+    pub fn resolve_for_set(self, now: i64) -> Result<i64> {
+        match self {
+            Expiry::In(ms) if ms > 0 => now.checked_add(ms).ok_or(Error::InvalidExpireTime("set")),
+            Expiry::At(at) if at > 0 => Ok(at),
+            _ => Err(Error::InvalidExpireTime("set")),
+        }
+    }
+}
+
+/// EXPIRE's NX/XX/GT/LT (Redis 7). "No TTL" counts as an infinite deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Condition {
+    /// Always.
+    #[default]
+    None,
+    /// Only if the key has no TTL.
+    Nx,
+    /// Only if the key has a TTL.
+    Xx,
+    /// Only if the new deadline is later (never for a key without TTL).
+    Gt,
+    /// Only if the new deadline is earlier (always for a key without TTL).
+    Lt,
+}
+
+impl Condition {
+    fn allows(self, current: Option<i64>, new: i64) -> bool {
+        match self {
+            Condition::None => true,
+            Condition::Nx => current.is_none(),
+            Condition::Xx => current.is_some(),
+            Condition::Gt => current.is_some_and(|c| new > c),
+            Condition::Lt => current.is_none_or(|c| new < c),
+        }
+    }
+}
+
+/// A key's TTL as Redis's PTTL/PEXPIRETIME see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    /// The key does not exist (or has expired): -2.
+    Missing,
+    /// The key has no TTL: -1.
+    Persistent,
+    /// The key expires at `deadline_ms`, `remaining_ms` from now.
+    Expires { deadline_ms: i64, remaining_ms: i64 },
+}
+
+impl Engine {
+    /// Redis PEXPIRE/PEXPIREAT with a condition. Returns whether the TTL was set; a deadline at or
+    /// before now deletes the key (and counts as set). A missing key gives false.
+    pub fn expire(&self, key: &[u8], when: Expiry, cond: Condition) -> Result<Ack<bool>> {
+        config::check_key(key)?;
+        let _g = self.lock_key(key);
+        let now = self.clock.now_ms();
+        // Checked before the key is looked at, as Redis does: an overflow errs even on a missing key.
+        let deadline = when.resolve_for_expire(now)?;
+        let Some(cur) = self.live(key, now)? else {
+            return Ok(self.observed(false));
+        };
+        if !cond.allows(cur.deadline_ms, deadline) {
+            return Ok(self.observed(false));
+        }
+        let op = if deadline <= now {
+            Op::Delete { key: key.to_vec() }
+        } else {
+            Op::Put {
+                key: key.to_vec(),
+                value: cur.value,
+                deadline_ms: Some(deadline),
+            }
+        };
+        let lsn = self.write(&[op])?;
+        Ok(Ack { value: true, lsn })
+    }
+
+    /// Redis PTTL and PEXPIRETIME in one answer.
+    pub fn ttl(&self, key: &[u8]) -> Result<Ack<Ttl>> {
+        config::check_key(key)?;
+        let now = self.clock.now_ms();
+        let t = match self.live(key, now)? {
+            None => Ttl::Missing,
+            Some(e) => match e.deadline_ms {
+                None => Ttl::Persistent,
+                Some(d) => Ttl::Expires {
+                    deadline_ms: d,
+                    remaining_ms: (d - now).max(0),
+                },
+            },
+        };
+        Ok(self.observed(t))
+    }
+
+    /// Redis PERSIST: removes the TTL; false if the key is missing or has none.
+    pub fn persist(&self, key: &[u8]) -> Result<Ack<bool>> {
+        config::check_key(key)?;
+        let _g = self.lock_key(key);
+        let Some(cur) = self.live(key, self.clock.now_ms())? else {
+            return Ok(self.observed(false));
+        };
+        if cur.deadline_ms.is_none() {
+            return Ok(self.observed(false));
+        }
+        let lsn = self.write(&[Op::Put {
+            key: key.to_vec(),
+            value: cur.value,
+            deadline_ms: None,
+        }])?;
+        Ok(Ack { value: true, lsn })
+    }
+
+    /// One sweep step: removes up to `limit` keys whose deadline has passed, as one logged
+    /// record, and drops index entries that no longer match their key. Each key's deadline is
+    /// re-checked under its lock, since a client may have given it a new TTL or persisted it
+    /// after the index was read. Returns the number of keys removed.
+    pub fn sweep(&self, limit: usize) -> Result<usize> {
+        let now = self.clock.now_ms();
+        let due = self.store.due(now, limit)?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let _g = self.lock_keys(due.iter().map(|(k, _)| k.as_slice()));
+        let mut ops = Vec::with_capacity(due.len());
+        for (key, d) in &due {
+            match self.store.get(key)?.and_then(|e| e.deadline_ms) {
+                Some(cur) if cur == *d && now > cur => ops.push(Op::Delete { key: key.clone() }),
+                // The key's TTL changed (or it is gone): the entry is stale, not the key.
+                Some(cur) if cur == *d => {}
+                _ => self.store.remove_index(key, *d)?,
+            }
+        }
+        if !ops.is_empty() {
+            self.write(&ops)?;
+            self.expired
+                .fetch_add(ops.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(ops.len())
+    }
+
+    /// The earliest deadline in the TTL index, if any.
+    pub fn next_deadline(&self) -> Result<Option<i64>> {
+        self.store.earliest_deadline()
+    }
+}
