@@ -12,6 +12,12 @@ pub enum Error {
     NotInteger,
     /// INCRBY/DECRBY would leave the int64 range.
     Overflow,
+    /// DECRBY by i64::MIN (its negation overflows before the key is looked at).
+    DecrementOverflow,
+    /// The stored value or the increment is not a Redis float (`string2ld` rules).
+    NotFloat,
+    /// INCRBYFLOAT would produce NaN or an infinity.
+    NanOrInfinity,
     /// An expiry argument is out of range (Redis: "invalid expire time in '<cmd>' command").
     InvalidExpireTime(&'static str),
     /// The request is malformed or breaks a documented limit; the message names it.
@@ -52,6 +58,9 @@ impl fmt::Display for Error {
         match self {
             Error::NotInteger => f.write_str("value is not an integer or out of range"),
             Error::Overflow => f.write_str("increment or decrement would overflow"),
+            Error::DecrementOverflow => f.write_str("decrement would overflow"),
+            Error::NotFloat => f.write_str("value is not a valid float"),
+            Error::NanOrInfinity => f.write_str("increment would produce NaN or Infinity"),
             Error::InvalidExpireTime(cmd) => write!(f, "invalid expire time in '{cmd}' command"),
             Error::InvalidArgument(m) => f.write_str(m),
             Error::Unavailable(m) => write!(f, "unavailable: {m}"),

@@ -6,8 +6,7 @@
 //! (`crate::expiry`) removes it physically through [`Engine::sweep`], which logs a Delete like any
 //! client write and re-checks the deadline under the key's lock when it applies.
 
-use super::{Ack, Engine};
-use crate::config;
+use super::{Ack, Engine, Tx};
 use crate::error::{Error, Result};
 use crate::wal::Op;
 
@@ -22,23 +21,21 @@ pub enum Expiry {
 
 impl Expiry {
     /// The absolute deadline for EXPIRE-family commands: any value, but `now + ms` must not
-    /// overflow (Redis: `ms > LLONG_MAX - now` is an error).
-    pub fn resolve_for_expire(self, now: i64) -> Result<i64> {
+    /// overflow (Redis: `ms > LLONG_MAX - now` is an error). `cmd` names the command in the error.
+    pub fn resolve_for_expire(self, now: i64, cmd: &'static str) -> Result<i64> {
         match self {
-            Expiry::In(ms) => now
-                .checked_add(ms)
-                .ok_or(Error::InvalidExpireTime("expire")),
+            Expiry::In(ms) => now.checked_add(ms).ok_or(Error::InvalidExpireTime(cmd)),
             Expiry::At(at) => Ok(at),
         }
     }
 
-    /// The absolute deadline for SET: the argument must be positive, and `now + ms` must not
-    /// overflow.
-    pub fn resolve_for_set(self, now: i64) -> Result<i64> {
+    /// The absolute deadline for SET/GETEX: the argument must be positive, and `now + ms` must
+    /// not overflow.
+    pub fn resolve_for_set(self, now: i64, cmd: &'static str) -> Result<i64> {
         match self {
-            Expiry::In(ms) if ms > 0 => now.checked_add(ms).ok_or(Error::InvalidExpireTime("set")),
+            Expiry::In(ms) if ms > 0 => now.checked_add(ms).ok_or(Error::InvalidExpireTime(cmd)),
             Expiry::At(at) if at > 0 => Ok(at),
-            _ => Err(Error::InvalidExpireTime("set")),
+            _ => Err(Error::InvalidExpireTime(cmd)),
         }
     }
 }
@@ -82,67 +79,69 @@ pub enum Ttl {
     Expires { deadline_ms: i64, remaining_ms: i64 },
 }
 
-impl Engine {
-    /// Redis PEXPIRE/PEXPIREAT with a condition. Returns whether the TTL was set; a deadline at or
-    /// before now deletes the key (and counts as set). A missing key gives false.
-    pub fn expire(&self, key: &[u8], when: Expiry, cond: Condition) -> Result<Ack<bool>> {
-        config::check_key(key)?;
-        let _g = self.lock_key(key);
-        let now = self.clock.now_ms();
+impl Tx<'_> {
+    /// PEXPIRE/PEXPIREAT with a condition; see [`Engine::expire`]. `cmd` names the command in
+    /// the overflow error.
+    pub fn expire(
+        &mut self,
+        key: &[u8],
+        when: Expiry,
+        cond: Condition,
+        cmd: &'static str,
+    ) -> Result<bool> {
         // Checked before the key is looked at, as Redis does: an overflow errs even on a missing key.
-        let deadline = when.resolve_for_expire(now)?;
-        let Some(cur) = self.live(key, now)? else {
-            return Ok(self.observed(false));
+        let deadline = when.resolve_for_expire(self.now(), cmd)?;
+        let Some(cur) = self.entry(key)? else {
+            return Ok(false);
         };
         if !cond.allows(cur.deadline_ms, deadline) {
-            return Ok(self.observed(false));
+            return Ok(false);
         }
-        let op = if deadline <= now {
-            Op::Delete { key: key.to_vec() }
-        } else {
-            Op::Put {
-                key: key.to_vec(),
-                value: cur.value,
-                deadline_ms: Some(deadline),
-            }
-        };
-        let lsn = self.write(&[op])?;
-        Ok(Ack { value: true, lsn })
+        self.store_or_expire(key, cur.value, Some(deadline))?;
+        Ok(true)
     }
 
-    /// Redis PTTL and PEXPIRETIME in one answer.
-    pub fn ttl(&self, key: &[u8]) -> Result<Ack<Ttl>> {
-        config::check_key(key)?;
-        let now = self.clock.now_ms();
-        let t = match self.live(key, now)? {
+    /// PTTL and PEXPIRETIME in one answer.
+    pub fn ttl(&self, key: &[u8]) -> Result<Ttl> {
+        Ok(match self.entry(key)? {
             None => Ttl::Missing,
             Some(e) => match e.deadline_ms {
                 None => Ttl::Persistent,
                 Some(d) => Ttl::Expires {
                     deadline_ms: d,
-                    remaining_ms: (d - now).max(0),
+                    remaining_ms: (d - self.now()).max(0),
                 },
             },
-        };
-        Ok(self.observed(t))
+        })
     }
 
-    /// Redis PERSIST: removes the TTL; false if the key is missing or has none.
-    pub fn persist(&self, key: &[u8]) -> Result<Ack<bool>> {
-        config::check_key(key)?;
-        let _g = self.lock_key(key);
-        let Some(cur) = self.live(key, self.clock.now_ms())? else {
-            return Ok(self.observed(false));
-        };
-        if cur.deadline_ms.is_none() {
-            return Ok(self.observed(false));
+    /// PERSIST: removes the TTL; false if the key is missing or has none.
+    pub fn persist(&mut self, key: &[u8]) -> Result<bool> {
+        match self.entry(key)? {
+            Some(e) if e.deadline_ms.is_some() => {
+                self.store_or_expire(key, e.value, None)?;
+                Ok(true)
+            }
+            _ => Ok(false),
         }
-        let lsn = self.write(&[Op::Put {
-            key: key.to_vec(),
-            value: cur.value,
-            deadline_ms: None,
-        }])?;
-        Ok(Ack { value: true, lsn })
+    }
+}
+
+impl Engine {
+    /// Redis PEXPIRE/PEXPIREAT with a condition. Returns whether the TTL was set; a deadline at or
+    /// before now deletes the key (and counts as set). A missing key gives false.
+    pub fn expire(&self, key: &[u8], when: Expiry, cond: Condition) -> Result<Ack<bool>> {
+        self.run(&[key], |tx| tx.expire(key, when, cond, "expire"))
+    }
+
+    /// Redis PTTL and PEXPIRETIME in one answer.
+    pub fn ttl(&self, key: &[u8]) -> Result<Ack<Ttl>> {
+        self.run(&[key], |tx| tx.ttl(key))
+    }
+
+    /// Redis PERSIST.
+    pub fn persist(&self, key: &[u8]) -> Result<Ack<bool>> {
+        self.run(&[key], |tx| tx.persist(key))
     }
 
     /// One sweep step: removes up to `limit` keys whose deadline has passed, as one logged

@@ -21,8 +21,10 @@
 
 mod checkpoint;
 mod expire;
+mod tx;
 
 pub use expire::{Condition, Expiry, Ttl};
+pub use tx::{GetEx, Tx};
 
 use std::collections::hash_map::RandomState;
 use std::fs::File;
@@ -37,8 +39,7 @@ use tracing::{error, info, warn};
 use crate::clock::Clock;
 use crate::config::{self, Config};
 use crate::error::{Error, Result};
-use crate::storage::{Delta, Entry, Store};
-use crate::value;
+use crate::storage::{Delta, Store};
 use crate::wal::{Op, Waiter, Wal, WalConfig};
 
 /// Number of key-lock stripes. Two keys share a stripe with probability 1/STRIPES; that only
@@ -174,13 +175,8 @@ impl Engine {
         (self.hasher.hash_one(key) as usize) % STRIPES
     }
 
-    fn lock_key(&self, key: &[u8]) -> MutexGuard<'_, ()> {
-        self.stripes[self.stripe_of(key)]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Locks the stripes of all `keys` in index order (so two multi-key writers cannot deadlock).
+    /// A stripe is locked once even if several keys share it (std mutexes are not reentrant).
     fn lock_keys<'a>(&'a self, keys: impl Iterator<Item = &'a [u8]>) -> Vec<MutexGuard<'a, ()>> {
         let mut idx: Vec<usize> = keys.map(|k| self.stripe_of(k)).collect();
         idx.sort_unstable();
@@ -188,15 +184,6 @@ impl Engine {
         idx.into_iter()
             .map(|i| self.stripes[i].lock().unwrap_or_else(|p| p.into_inner()))
             .collect()
-    }
-
-    /// The entry under `key` unless it has expired (a key is gone from the millisecond after its
-    /// deadline, as in Redis).
-    fn live(&self, key: &[u8], now: i64) -> Result<Option<Entry>> {
-        Ok(self
-            .store
-            .get(key)?
-            .filter(|e| e.deadline_ms.is_none_or(|d| now <= d)))
     }
 
     /// Applies and logs `ops` as one record.
@@ -219,109 +206,52 @@ impl Engine {
         }
     }
 
+    /// Runs `f` as one atomic command (or MULTI/EXEC group) over `keys`: takes their stripe
+    /// locks, freezes the clock, and logs every op `f` produced as a single record. If `f` fails,
+    /// nothing is written. `keys` must name every key `f` touches.
+    pub fn run<R>(
+        &self,
+        keys: &[&[u8]],
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R>,
+    ) -> Result<Ack<R>> {
+        for k in keys {
+            config::check_key(k)?;
+        }
+        let _g = self.lock_keys(keys.iter().copied());
+        let mut tx = Tx::new(self, self.clock.now_ms());
+        let value = f(&mut tx)?;
+        if tx.ops.is_empty() {
+            return Ok(self.observed(value));
+        }
+        let lsn = self.write(&tx.ops)?;
+        Ok(Ack { value, lsn })
+    }
+
     /// Redis INCRBY: adds `by` to the integer at `key` (missing counts as 0), keeping its TTL.
     pub fn incr(&self, key: &[u8], by: i64) -> Result<Ack<i64>> {
-        config::check_key(key)?;
-        let _g = self.lock_key(key);
-        let cur = self.live(key, self.clock.now_ms())?;
-        let v = value::incr(cur.as_ref().map(|e| e.value.as_slice()), by)?;
-        let deadline_ms = cur.and_then(|e| e.deadline_ms);
-        let lsn = self.write(&[Op::Put {
-            key: key.to_vec(),
-            value: value::format_int(v),
-            deadline_ms,
-        }])?;
-        Ok(Ack { value: v, lsn })
+        self.run(&[key], |tx| tx.incr(key, by))
+    }
+
+    /// Redis INCRBYFLOAT, bit-exact (see `value::incr_by_float`); returns the stored string.
+    pub fn incr_by_float(&self, key: &[u8], by: &[u8]) -> Result<Ack<Vec<u8>>> {
+        self.run(&[key], |tx| tx.incr_by_float(key, by))
     }
 
     /// The value at `key`, if present and not expired.
     pub fn get(&self, key: &[u8]) -> Result<Ack<Option<Vec<u8>>>> {
-        config::check_key(key)?;
-        let e = self.live(key, self.clock.now_ms())?;
-        Ok(self.observed(e.map(|e| e.value)))
+        self.run(&[key], |tx| tx.get(key))
     }
 
-    /// Redis SET with its options: NX/XX, an expiry or KEEPTTL, GET. Without options it stores
-    /// `value` and clears any TTL. A deadline at or before now stores nothing and removes the key.
+    /// Redis SET with its options (see [`SetOptions`]).
     pub fn set(&self, key: &[u8], value: &[u8], opts: &SetOptions) -> Result<Ack<SetOutcome>> {
-        config::check_key(key)?;
-        config::check_value(value)?;
-        if opts.nx && opts.xx {
-            return Err(Error::InvalidArgument(
-                "nx and xx cannot be combined".into(),
-            ));
-        }
-        if opts.keep_ttl && opts.expiry.is_some() {
-            return Err(Error::InvalidArgument(
-                "keep_ttl cannot be combined with a TTL".into(),
-            ));
-        }
-        let _g = self.lock_key(key);
-        let now = self.clock.now_ms();
-        let deadline = opts.expiry.map(|e| e.resolve_for_set(now)).transpose()?;
-        let cur = self.live(key, now)?;
-        let exists = cur.is_some();
-        let (old, cur_deadline) = match cur {
-            Some(e) => (opts.get.then_some(e.value), e.deadline_ms),
-            None => (None, None),
-        };
-        if (opts.nx && exists) || (opts.xx && !exists) {
-            return Ok(self.observed(SetOutcome {
-                applied: false,
-                old,
-            }));
-        }
-        let deadline_ms = if opts.keep_ttl {
-            cur_deadline
-        } else {
-            deadline
-        };
-        let op = match deadline_ms {
-            Some(d) if d <= now => {
-                // Already expired (EXAT/PXAT in the past): Redis replies OK and the key is gone.
-                if self.store.get(key)?.is_none() {
-                    return Ok(self.observed(SetOutcome { applied: true, old }));
-                }
-                Op::Delete { key: key.to_vec() }
-            }
-            _ => Op::Put {
-                key: key.to_vec(),
-                value: value.to_vec(),
-                deadline_ms,
-            },
-        };
-        let lsn = self.write(&[op])?;
-        Ok(Ack {
-            value: SetOutcome { applied: true, old },
-            lsn,
-        })
+        self.run(&[key], |tx| tx.set(key, value, opts))
     }
 
     /// Redis DEL: removes the keys atomically (one record) and counts those that existed;
     /// a key named twice counts once.
     pub fn delete(&self, keys: &[Vec<u8>]) -> Result<Ack<i64>> {
-        for k in keys {
-            config::check_key(k)?;
-        }
-        let mut keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let _g = self.lock_keys(keys.iter().copied());
-        let now = self.clock.now_ms();
-        let mut ops = Vec::new();
-        let mut live = 0;
-        for k in keys {
-            if let Some(e) = self.store.get(k)? {
-                // An expired key is already gone for the client, but is removed physically too.
-                live += i64::from(e.deadline_ms.is_none_or(|d| now <= d));
-                ops.push(Op::Delete { key: k.to_vec() });
-            }
-        }
-        if ops.is_empty() {
-            return Ok(self.observed(0));
-        }
-        let lsn = self.write(&ops)?;
-        Ok(Ack { value: live, lsn })
+        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        self.run(&keys, |tx| tx.delete(&keys))
     }
 
     /// Current counters and positions.

@@ -7,8 +7,8 @@ use crate::error::Error;
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let code = match &e {
-            Error::NotInteger => Code::FailedPrecondition,
-            Error::Overflow => Code::OutOfRange,
+            Error::NotInteger | Error::NotFloat => Code::FailedPrecondition,
+            Error::Overflow | Error::DecrementOverflow | Error::NanOrInfinity => Code::OutOfRange,
             Error::InvalidArgument(_) | Error::InvalidExpireTime(_) => Code::InvalidArgument,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Corruption(_) => Code::DataLoss,

@@ -1,5 +1,10 @@
 //! Redis-exact parsing and formatting of the values Tally stores. Values are byte strings, as in
-//! Redis; counters are the ones that parse as integers under Redis's `string2ll` rules.
+//! Redis; counters are the ones that parse as integers under Redis's `string2ll` rules, and
+//! INCRBYFLOAT operands are those that parse under `string2ld` (see `float`).
+
+mod float;
+
+pub use float::{incr_by_float, is_float};
 
 use crate::error::{Error, Result};
 
