@@ -8,7 +8,7 @@
 //! longer than one batch. Keys are already invisible to clients from the millisecond after
 //! their deadline; the sweeper only reclaims space and keeps `Stats.keys` honest.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{debug, warn};
@@ -20,34 +20,15 @@ pub const BATCH: usize = 256;
 /// Longest sleep between looks at the TTL index.
 pub const MAX_SLEEP: Duration = Duration::from_millis(100);
 
-/// Starts the sweeper for `engine`; it stops by itself once the engine is closed or dropped.
+/// Starts the sweeper for `engine`; [`Engine::close`] stops and joins it.
 pub fn spawn(engine: &Arc<Engine>) {
-    let weak = Arc::downgrade(engine);
-    let spawned = std::thread::Builder::new()
-        .name("tally-sweeper".into())
-        .spawn(move || run(weak));
-    if let Err(e) = spawned {
-        warn!("could not start the expiry sweeper: {e}");
-    }
-}
-
-fn run(engine: Weak<Engine>) {
-    loop {
-        let sleep = {
-            let Some(e) = engine.upgrade() else { return };
-            if e.is_closed() {
-                return;
-            }
-            match sweep_due(&e) {
-                Ok(()) => next_sleep(&e),
-                Err(err) => {
-                    warn!("expiry sweep failed: {err}");
-                    MAX_SLEEP
-                }
-            }
-        };
-        std::thread::sleep(sleep);
-    }
+    engine.spawn_background("tally-sweeper", |e| match sweep_due(e) {
+        Ok(()) => next_sleep(e),
+        Err(err) => {
+            warn!("expiry sweep failed: {err}");
+            MAX_SLEEP
+        }
+    });
 }
 
 /// Removes every key that is due, a batch at a time.

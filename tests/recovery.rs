@@ -107,6 +107,7 @@ fn write_steps(dir: &Path) -> Vec<u8> {
         e.wait(lsn).unwrap();
     }
     assert_eq!(state(&e), model(STEPS.len()));
+    e.close().unwrap();
     drop(e);
     std::fs::read(only_segment(dir)).unwrap()
 }
@@ -131,6 +132,7 @@ fn wal_cut_at_every_byte_recovers_the_complete_record_prefix() {
         let ack = e.incr(b"after", 1).unwrap();
         assert_eq!(ack.lsn, complete as u64 + 1);
         e.wait(ack.lsn).unwrap();
+        e.close().unwrap();
         drop(e);
         let e = open(d.path()).unwrap();
         assert_eq!(e.get(b"after").unwrap().value.as_deref(), Some(&b"1"[..]));
@@ -411,6 +413,7 @@ fn checkpoints_bound_wal_disk_use_and_keep_state() {
     let l = e.checkpoint().unwrap();
     assert_eq!(l, 100_000);
     assert!(e.stats().wal_segments <= 2, "{:?}", e.stats());
+    e.close().unwrap();
     drop(e);
     let e = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
     for k in 0..100 {

@@ -31,7 +31,8 @@ use std::fs::File;
 use std::hash::BuildHasher;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
@@ -117,6 +118,7 @@ pub struct Engine {
     /// Serializes checkpoints; holds the last checkpoint LSN.
     checkpoint_lsn: Mutex<u64>,
     closed: AtomicBool,
+    background: Arc<Background>,
     config: Config,
     /// Held (flock) for the engine's lifetime so a second process cannot open the directory.
     _lock: File,
@@ -159,10 +161,21 @@ impl Engine {
             expired: AtomicU64::new(0),
             checkpoint_lsn: Mutex::new(ckpt),
             closed: AtomicBool::new(false),
+            background: Arc::default(),
             config,
             _lock: lock,
         });
-        spawn_checkpointer(Arc::downgrade(&engine));
+        let mut last_run = Instant::now();
+        engine.spawn_background("tally-checkpoint", move |e| {
+            if e.checkpoint_due(last_run) {
+                if let Err(err) = e.checkpoint() {
+                    // The WAL still holds everything; a failed checkpoint only delays cleanup.
+                    warn!("checkpoint failed: {err}");
+                }
+                last_run = Instant::now();
+            }
+            CHECKPOINT_POLL
+        });
         Ok(engine)
     }
 
@@ -314,22 +327,24 @@ impl Engine {
     }
 
     fn checkpoint_due(&self, last_run: Instant) -> bool {
-        let s = self.wal.stats();
-        let ckpt = *self
-            .checkpoint_lsn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        s.last_lsn > ckpt
-            && (s.bytes >= self.config.checkpoint_bytes
-                || last_run.elapsed() >= self.config.checkpoint_interval)
+        self.wal.disk_bytes() >= self.config.checkpoint_bytes
+            || (last_run.elapsed() >= self.config.checkpoint_interval
+                && self.wal.last_lsn()
+                    > *self
+                        .checkpoint_lsn
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Graceful stop: refuse new writes, write and fsync what the WAL holds, checkpoint.
     /// Idempotent.
+    /// Background threads are stopped and joined first, so once this returns no thread holds a
+    /// reference and dropping the caller's `Arc` releases the data directory at once.
     pub fn close(&self) -> Result<()> {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        self.background.stop_and_join();
         self.wal.close();
         self.checkpoint()?;
         info!("engine closed");
@@ -344,6 +359,76 @@ impl Engine {
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.config.data_dir
+    }
+
+    /// Runs `tick` on a named thread until the engine closes; `tick` returns how long to sleep
+    /// before the next call. Between ticks the thread holds only a `Weak` reference, and
+    /// [`Engine::close`] wakes it and joins it.
+    pub fn spawn_background(
+        self: &Arc<Self>,
+        name: &str,
+        mut tick: impl FnMut(&Engine) -> Duration + Send + 'static,
+    ) {
+        let weak = Arc::downgrade(self);
+        let bg = self.background.clone();
+        let spawned = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                loop {
+                    let sleep = {
+                        let Some(e) = weak.upgrade() else { return };
+                        if e.is_closed() {
+                            return;
+                        }
+                        tick(&e)
+                    };
+                    if !bg.sleep(sleep) {
+                        return;
+                    }
+                }
+            });
+        match spawned {
+            Ok(h) => self
+                .background
+                .threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(h),
+            Err(e) => warn!("could not start the {name} thread: {e}"),
+        }
+    }
+}
+
+/// The stop signal and handles of the engine's background threads.
+#[derive(Default)]
+struct Background {
+    stopped: Mutex<bool>,
+    wake: Condvar,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Background {
+    /// Sleeps up to `d`; false once stopped.
+    fn sleep(&self, d: Duration) -> bool {
+        let stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        let (stopped, _) = self
+            .wake
+            .wait_timeout_while(stopped, d, |s| !*s)
+            .unwrap_or_else(|p| p.into_inner());
+        !*stopped
+    }
+
+    fn stop_and_join(&self) {
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.wake.notify_all();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let me = std::thread::current().id();
+        for t in threads {
+            // The last reference can be dropped on a background thread; it cannot join itself.
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
     }
 }
 
@@ -373,31 +458,5 @@ fn lock_dir(dir: &Path) -> Result<File> {
         Err(std::fs::TryLockError::Error(e)) => {
             Err(Error::io(format!("locking {}", path.display()), e))
         }
-    }
-}
-
-/// Runs checkpoints in the background while the engine lives and is open.
-fn spawn_checkpointer(engine: Weak<Engine>) {
-    let spawned = std::thread::Builder::new()
-        .name("tally-checkpoint".into())
-        .spawn(move || {
-            let mut last_run = Instant::now();
-            loop {
-                std::thread::sleep(CHECKPOINT_POLL);
-                let Some(e) = engine.upgrade() else { return };
-                if e.closed.load(Ordering::SeqCst) {
-                    return;
-                }
-                if e.checkpoint_due(last_run) {
-                    if let Err(err) = e.checkpoint() {
-                        // The WAL still holds everything; a failed checkpoint only delays cleanup.
-                        warn!("checkpoint failed: {err}");
-                    }
-                    last_run = Instant::now();
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        warn!("could not start the checkpointer thread: {e}");
     }
 }
