@@ -12,7 +12,7 @@ trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 
 start() { # $1 = fsync mode; sets addr
     rm -rf "$work/data"
-    "$bin" serve --data-dir "$work/data" --grpc-addr 127.0.0.1:0 --log-level warn --fsync "$1" \
+    "$bin" serve --data-dir "$work/data" --grpc-addr 127.0.0.1:0 --resp-addr off --log-level warn --fsync "$1" \
         > "$work/out" &
     for _ in $(seq 100); do grep -q serving "$work/out" 2>/dev/null && break; sleep 0.05; done
     addr=http://$(sed -n 's/.*serving gRPC on //p' "$work/out")

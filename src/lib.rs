@@ -13,10 +13,12 @@
 
 pub mod clock;
 pub mod config;
+pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod expiry;
 pub mod grpc;
+pub mod resp;
 pub mod server;
 pub mod storage;
 pub mod value;

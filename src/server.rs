@@ -1,6 +1,7 @@
-//! Server lifecycle: `run(engine, listener, shutdown)` wires the engine to gRPC (with health and
-//! reflection), starts the expiry sweeper, and, when `shutdown` resolves, stops accepting, lets in-flight calls finish,
-//! then closes the engine (drain and fsync the WAL, checkpoint sled).
+//! Server lifecycle: `run(engine, listeners, shutdown)` serves gRPC (with health and reflection)
+//! and, if given a listener, the Redis protocol, starts the expiry sweeper, and, when `shutdown`
+//! resolves, stops accepting, lets in-flight calls and open RESP batches finish, then closes the
+//! engine (drain and fsync the WAL, checkpoint sled).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,11 +20,19 @@ use crate::grpc::{FILE_DESCRIPTOR_SET, Service};
 /// Between `MAX_REQUEST_BYTES` and this, our own check answers INVALID_ARGUMENT.
 pub const HARD_MAX_MESSAGE_BYTES: usize = 4 * MAX_REQUEST_BYTES;
 
-/// Serves gRPC on `listener` until `shutdown` resolves, then closes `engine`.
+/// The sockets a server listens on.
+pub struct Listeners {
+    /// gRPC.
+    pub grpc: TcpListener,
+    /// Redis protocol; `None` turns it off.
+    pub resp: Option<TcpListener>,
+}
+
+/// Serves until `shutdown` resolves, then closes `engine`.
 pub async fn run(
     engine: Arc<Engine>,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CounterServiceServer<Service>>().await;
@@ -43,9 +52,23 @@ pub async fn run(
         .max_decoding_message_size(HARD_MAX_MESSAGE_BYTES);
 
     crate::expiry::spawn(&engine);
-    let addr = listener.local_addr()?;
-    info!(%addr, "serving gRPC");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let health_on_stop = health.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        info!("shutting down: no new connections; finishing in-flight calls");
+        health_on_stop
+            .set_not_serving::<CounterServiceServer<Service>>()
+            .await;
+        let _ = stop_tx.send(true);
+    });
+
+    let resp = listeners.resp.map(|l| {
+        info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving RESP");
+        tokio::spawn(crate::resp::serve(engine.clone(), l, stop_rx.clone()))
+    });
+    info!(addr = %listeners.grpc.local_addr()?, "serving gRPC");
+    let mut grpc_stop = stop_rx.clone();
     Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -53,16 +76,15 @@ pub async fn run(
         .add_service(counter)
         // TCP_NODELAY: a reply is a few small HTTP/2 frames; Nagle would hold them back.
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
             async move {
-                shutdown.await;
-                info!("shutting down: no new connections; finishing in-flight calls");
-                health_on_stop
-                    .set_not_serving::<CounterServiceServer<Service>>()
-                    .await;
+                let _ = grpc_stop.wait_for(|stop| *stop).await;
             },
         )
         .await?;
+    if let Some(r) = resp {
+        r.await?;
+    }
     tokio::task::spawn_blocking(move || engine.close()).await??;
     info!("stopped");
     Ok(())

@@ -196,7 +196,14 @@ fn the_binary_refuses_a_corrupt_wal_with_a_clear_error() {
     bad[ends[0] + 20] ^= 4;
     std::fs::write(&path, &bad).unwrap();
     let out = std::process::Command::new(common::bin())
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--resp-addr",
+            "off",
+            "--data-dir",
+        ])
         .arg(d.path())
         .output()
         .unwrap();
@@ -358,7 +365,14 @@ fn a_second_server_on_the_same_directory_is_refused() {
     let before: Vec<_> = walk(d.path());
     let t = Instant::now();
     let out = std::process::Command::new(common::bin())
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--resp-addr",
+            "off",
+            "--data-dir",
+        ])
         .arg(d.path())
         .output()
         .unwrap();

@@ -20,6 +20,10 @@ pub struct Args {
     /// Address for gRPC. Port 0 picks a free port (the chosen address is printed on stdout).
     #[arg(long, default_value = "127.0.0.1:50051")]
     grpc_addr: SocketAddr,
+    /// Address for the Redis protocol (RESP2/RESP3), so redis-py and redis-cli work unchanged.
+    /// "off" turns it off. Port 0 picks a free port (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:6379", value_parser = parse_resp_addr)]
+    resp_addr: RespAddr,
     /// Log level or filter (error, warn, info, debug, trace, or a tracing filter such as
     /// "tally=debug"). RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
@@ -40,6 +44,18 @@ pub struct Args {
     /// Checkpoint at least this often (seconds) while there are new writes.
     #[arg(long, default_value_t = config::DEFAULT_CHECKPOINT_INTERVAL.as_secs())]
     checkpoint_interval_secs: u64,
+}
+
+#[derive(Clone, Copy)]
+struct RespAddr(Option<SocketAddr>);
+
+fn parse_resp_addr(s: &str) -> Result<RespAddr, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(RespAddr(None));
+    }
+    s.parse()
+        .map(|a| RespAddr(Some(a)))
+        .map_err(|e| format!("{e} (an address such as 127.0.0.1:6379, or \"off\")"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -66,16 +82,23 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let engine = Engine::open(config, Arc::new(SystemClock))?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(a.grpc_addr)
+        let grpc = tokio::net::TcpListener::bind(a.grpc_addr)
             .await
             .map_err(|e| format!("cannot listen for gRPC on {}: {e}", a.grpc_addr))?;
-        let addr = listener.local_addr()?;
-        // A stable line on stdout so scripts and tests can find a port-0 server.
-        println!("tally: serving gRPC on {addr}");
+        let resp = match a.resp_addr.0 {
+            None => None,
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                format!("cannot listen for RESP on {addr}: {e} (choose another --resp-addr, or --resp-addr off)")
+            })?),
+        };
+        // Stable lines on stdout so scripts and tests can find a port-0 server.
+        println!("tally: serving gRPC on {}", grpc.local_addr()?);
+        if let Some(l) = &resp {
+            println!("tally: serving RESP on {}", l.local_addr()?);
+        }
         std::io::stdout().flush()?;
-        tally::server::run(engine, listener, shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())?;
+        let listeners = tally::server::Listeners { grpc, resp };
+        tally::server::run(engine, listeners, shutdown_signal()).await.map_err(|e| e.to_string())?;
         Ok(())
     })
 }

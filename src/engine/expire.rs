@@ -54,6 +54,9 @@ pub enum Condition {
     Gt,
     /// Only if the new deadline is earlier (always for a key without TTL).
     Lt,
+    /// LT and XX together: only a key that has a TTL, and only to an earlier deadline.
+    /// (GT with XX needs no variant: GT already never applies to a key without TTL.)
+    LtXx,
 }
 
 impl Condition {
@@ -64,6 +67,7 @@ impl Condition {
             Condition::Xx => current.is_some(),
             Condition::Gt => current.is_some_and(|c| new > c),
             Condition::Lt => current.is_none_or(|c| new < c),
+            Condition::LtXx => current.is_some_and(|c| new < c),
         }
     }
 }

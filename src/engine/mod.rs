@@ -351,6 +351,11 @@ impl Engine {
         Ok(())
     }
 
+    /// When writes are acknowledged.
+    pub fn fsync_mode(&self) -> crate::wal::FsyncMode {
+        self.config.fsync
+    }
+
     /// True once [`Engine::close`] has begun.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)

@@ -2,7 +2,7 @@
 //!
 //! The engine's step (stripe lock, sled read and apply, WAL buffer append) takes microseconds and
 //! never waits on the disk, so it runs inline on the tokio worker. The wait for the group-commit
-//! fsync is asynchronous: the WAL writer completes a oneshot channel.
+//! fsync is asynchronous (`durable::acked`).
 
 use std::sync::Arc;
 
@@ -26,14 +26,7 @@ impl Service {
 
     /// Resolves once the engine's WAL acknowledges `ack.lsn`.
     async fn acked<T>(&self, ack: Ack<T>) -> Result<T, Status> {
-        if !self.engine.is_acked(ack.lsn) {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            self.engine
-                .notify(ack.lsn, Box::new(move |r| drop(tx.send(r))));
-            rx.await
-                .map_err(|_| Status::unavailable("the write-ahead log stopped"))?
-                .map_err(Status::from)?;
-        }
+        crate::durable::acked(&self.engine, ack.lsn).await?;
         Ok(ack.value)
     }
 }

@@ -18,6 +18,8 @@ pub type Client = CounterServiceClient<Channel>;
 /// A server running inside the test process.
 pub struct InProc {
     pub addr: String,
+    /// host:port of the RESP listener.
+    pub resp: String,
     pub engine: Arc<Engine>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -26,12 +28,18 @@ pub struct InProc {
 impl InProc {
     pub async fn start(config: Config, clock: Arc<dyn Clock>) -> InProc {
         let engine = Engine::open(config, clock).expect("open engine");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let resp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", grpc.local_addr().unwrap());
+        let resp_addr = resp.local_addr().unwrap().to_string();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let e = engine.clone();
+        let listeners = tally::server::Listeners {
+            grpc,
+            resp: Some(resp),
+        };
         let task = tokio::spawn(async move {
-            tally::server::run(e, listener, async {
+            tally::server::run(e, listeners, async {
                 let _ = rx.await;
             })
             .await
@@ -39,6 +47,7 @@ impl InProc {
         });
         InProc {
             addr,
+            resp: resp_addr,
             engine,
             stop: Some(tx),
             task: Some(task),
@@ -66,10 +75,13 @@ pub async fn connect(addr: &str) -> Client {
     panic!("cannot connect to {addr}");
 }
 
-/// The real binary, started on port 0.
+/// The real binary, started on port 0 for both gRPC and RESP.
 pub struct Proc {
     pub child: Child,
+    /// http://host:port of gRPC.
     pub addr: String,
+    /// host:port of RESP.
+    pub resp: String,
 }
 
 pub fn bin() -> &'static str {
@@ -83,28 +95,31 @@ impl Proc {
                 "serve",
                 "--grpc-addr",
                 "127.0.0.1:0",
-                "--log-level",
-                "warn",
-                "--data-dir",
+                "--resp-addr",
+                "127.0.0.1:0",
             ])
+            .args(["--log-level", "warn", "--data-dir"])
             .arg(dir)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn tally");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("tally: serving gRPC on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut next = |prefix: &str| {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            line.trim()
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+                .to_string()
+        };
+        let addr = next("tally: serving gRPC on ");
+        let resp = next("tally: serving RESP on ");
         Proc {
             child,
             addr: format!("http://{addr}"),
+            resp,
         }
     }
 

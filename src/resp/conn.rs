@@ -1,0 +1,253 @@
+//! One client connection: read, parse every complete command, run them in order, wait once for
+//! the WAL to acknowledge the newest LSN any of them produced, then write all their replies.
+//! Pipelined writes therefore share one group commit, and no reply leaves before the fsync
+//! that covers it. Replies to everything read in one go are flushed before more is read, which
+//! bounds the memory a client that never reads its replies can pin.
+//!
+//! MULTI queues commands; EXEC runs them as one engine transaction (one WAL record, time frozen).
+//! Unknown commands and wrong arity while queuing abort the EXEC (EXECABORT); other errors are
+//! per command, as in Redis.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, watch};
+use tracing::debug;
+
+use super::admin::{self, Session};
+use super::command::{self, Cmd, arity_error};
+use super::parse::{self, ProtocolError};
+use super::reply::Reply;
+use super::{Shared, stopped};
+
+/// Read buffer growth step.
+const READ_CHUNK: usize = 16 * 1024;
+
+struct Conn {
+    session: Session,
+    /// Queued commands while in MULTI.
+    multi: Option<Vec<Vec<Bytes>>>,
+    /// A queue-time error happened inside MULTI: EXEC must abort.
+    dirty: bool,
+}
+
+/// What one command produced.
+struct Outcome {
+    reply: Reply,
+    /// Wait for this LSN before sending (0: nothing to wait for).
+    lsn: u64,
+    close: bool,
+}
+
+fn reply(r: Reply) -> Outcome {
+    Outcome {
+        reply: r,
+        lsn: 0,
+        close: false,
+    }
+}
+
+/// Serves one connection until it closes, errs, or the server shuts down.
+pub async fn run(
+    shared: Arc<Shared>,
+    mut sock: TcpStream,
+    mut shutdown: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _ = sock.set_nodelay(true);
+    shared.clients.fetch_add(1, Ordering::Relaxed);
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let mut conn = Conn {
+        session: Session {
+            id,
+            proto: 2,
+            name: None,
+        },
+        multi: None,
+        dirty: false,
+    };
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = Vec::with_capacity(READ_CHUNK);
+    loop {
+        let (mut lsn, mut close) = (0, false);
+        loop {
+            match parse::next(&mut buf) {
+                Ok(Some(args)) if args.is_empty() => {}
+                Ok(Some(args)) => {
+                    let o = conn.handle(&shared, args);
+                    o.reply.encode(conn.session.proto, &mut out);
+                    lsn = lsn.max(o.lsn);
+                    if o.close {
+                        close = true;
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(ProtocolError(m)) => {
+                    debug!(client = id, "protocol error: {m}");
+                    Reply::err(format!("Protocol error: {m}")).encode(conn.session.proto, &mut out);
+                    close = true;
+                    break;
+                }
+            }
+        }
+        if !out.is_empty() {
+            // Fail-stop: if the WAL cannot acknowledge, close without sending any reply, so the
+            // client sees an unknown outcome rather than a false success.
+            if lsn > 0 && crate::durable::acked(&shared.engine, lsn).await.is_err() {
+                break;
+            }
+            if sock.write_all(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+        }
+        if close {
+            break;
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+            buf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            r = sock.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            },
+            _ = stopped(&mut shutdown) => break,
+        }
+    }
+    shared.clients.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Redis's message for an unknown command: the name and the first arguments, quoted, capped
+/// at 128 bytes, newlines turned into spaces.
+fn unknown_command(args: &[Bytes]) -> Reply {
+    let name = String::from_utf8_lossy(&args[0][..args[0].len().min(128)]).into_owned();
+    let mut rest = String::new();
+    for a in &args[1..] {
+        if rest.len() >= 128 {
+            break;
+        }
+        let take = a.len().min(128 - rest.len());
+        rest += &format!("'{}' ", String::from_utf8_lossy(&a[..take]));
+    }
+    let msg = format!("unknown command '{name}', with args beginning with: {rest}");
+    Reply::err(msg.replace(['\r', '\n'], " "))
+}
+
+impl Conn {
+    fn handle(&mut self, shared: &Shared, args: Vec<Bytes>) -> Outcome {
+        let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+        let Some(spec) = command::lookup(&name) else {
+            self.dirty |= self.multi.is_some();
+            return reply(unknown_command(&args));
+        };
+        if !spec.arity_ok(args.len()) {
+            self.dirty |= self.multi.is_some();
+            return reply(arity_error(spec.name));
+        }
+        match name.as_str() {
+            "quit" => {
+                return Outcome {
+                    reply: Reply::Ok,
+                    lsn: 0,
+                    close: true,
+                };
+            }
+            "multi" if self.multi.is_some() => {
+                return reply(Reply::err("MULTI calls can not be nested"));
+            }
+            "multi" => {
+                self.multi = Some(Vec::new());
+                return reply(Reply::Ok);
+            }
+            "exec" => return self.exec(shared),
+            "discard" => {
+                self.dirty = false;
+                return reply(match self.multi.take() {
+                    Some(_) => Reply::Ok,
+                    None => Reply::err("DISCARD without MULTI"),
+                });
+            }
+            _ => {}
+        }
+        if let Some(queue) = &mut self.multi {
+            queue.push(args);
+            return reply(Reply::Status("QUEUED"));
+        }
+        if let Some(r) = admin::run(&name, &args, &mut self.session, shared) {
+            return reply(r);
+        }
+        match command::prepare(&name, &args) {
+            Err(r) => reply(r),
+            Ok(None) => reply(Reply::err(format!(
+                "internal error: '{name}' has no handler"
+            ))),
+            Ok(Some(cmd)) => match shared.engine.run(&cmd.keys(), |tx| cmd.exec(tx)) {
+                Ok(ack) => Outcome {
+                    reply: ack.value,
+                    lsn: ack.lsn,
+                    close: false,
+                },
+                Err(e) => reply(Reply::from(e)),
+            },
+        }
+    }
+
+    fn exec(&mut self, shared: &Shared) -> Outcome {
+        let Some(queue) = self.multi.take() else {
+            return reply(Reply::err("EXEC without MULTI"));
+        };
+        if std::mem::take(&mut self.dirty) {
+            return reply(Reply::Error(
+                "EXECABORT Transaction discarded because of previous errors.".into(),
+            ));
+        }
+        enum Item {
+            Engine(Cmd),
+            Admin(String, Vec<Bytes>),
+            Done(Reply),
+        }
+        let items: Vec<Item> = queue
+            .into_iter()
+            .map(|args| {
+                let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+                match command::prepare(&name, &args) {
+                    Ok(Some(c)) => Item::Engine(c),
+                    Ok(None) => Item::Admin(name, args),
+                    Err(r) => Item::Done(r),
+                }
+            })
+            .collect();
+        let keys: Vec<&[u8]> = items
+            .iter()
+            .flat_map(|i| match i {
+                Item::Engine(c) => c.keys(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let session = &mut self.session;
+        let result = shared.engine.run(&keys, |tx| {
+            Ok(items
+                .iter()
+                .map(|i| match i {
+                    Item::Engine(c) => c.exec(tx).unwrap_or_else(Reply::from),
+                    Item::Admin(name, args) => admin::run(name, args, session, shared)
+                        .unwrap_or_else(|| Reply::err(format!("'{name}' cannot run inside MULTI"))),
+                    Item::Done(r) => r.clone(),
+                })
+                .collect())
+        });
+        match result {
+            Ok(ack) => Outcome {
+                reply: Reply::Array(ack.value),
+                lsn: ack.lsn,
+                close: false,
+            },
+            Err(e) => reply(Reply::from(e)),
+        }
+    }
+}

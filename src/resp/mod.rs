@@ -1,0 +1,99 @@
+//! The Redis-protocol listener: RESP2, and RESP3 after `HELLO 3`, on the same engine and with
+//! the same durability as gRPC (a reply leaves only after the fsync that covers it).
+//!
+//! Owns: framing (`parse`), reply encoding and the Error -> Redis error translation (`reply`),
+//! the command table and engine commands (`command`), connection and server commands (`admin`),
+//! and the per-connection loop (`conn`). Speaks only to the engine, never to `grpc`.
+//!
+//! Limits: [`MAX_CLIENTS`] connections (the next one gets `-ERR max number of clients reached`),
+//! and the request limits in `parse` (a bulk over 1 MiB or a bad header gets
+//! `-ERR Protocol error: …` and the connection closes; other clients are unaffected).
+
+mod admin;
+mod command;
+mod conn;
+mod parse;
+mod reply;
+
+pub use admin::REDIS_VERSION;
+pub use parse::{MAX_ARGS, MAX_BULK, MAX_INLINE, MAX_REQUEST};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::time::Instant;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tracing::{info, warn};
+
+use crate::engine::Engine;
+use crate::wal::FsyncMode;
+
+/// Most connections at once (Redis's default `maxclients`).
+pub const MAX_CLIENTS: usize = 10_000;
+
+/// State shared by all connections.
+pub struct Shared {
+    engine: Arc<Engine>,
+    clients: AtomicUsize,
+    next_id: AtomicU64,
+    started: Instant,
+    port: u16,
+    fsync_name: &'static str,
+}
+
+/// Resolves once `shutdown` is true. (The guard `wait_for` returns is not `Send`; dropping it
+/// inside this future keeps the callers' futures `Send`.)
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Accepts connections on `listener` until `shutdown` turns true, then waits for every
+/// connection to finish its current batch and close.
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let fsync_name = match engine.fsync_mode() {
+        FsyncMode::Always => "always",
+        FsyncMode::Periodic(_) => "periodic",
+    };
+    let shared = Arc::new(Shared {
+        engine,
+        clients: AtomicUsize::new(0),
+        next_id: AtomicU64::new(1),
+        started: Instant::now(),
+        port,
+        fsync_name,
+    });
+    let permits = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let for_conns = shutdown.clone();
+    loop {
+        tokio::select! {
+            r = listener.accept() => {
+                let mut sock = match r {
+                    Ok((sock, _)) => sock,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!("RESP accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                match permits.clone().try_acquire_owned() {
+                    Ok(p) => drop(tokio::spawn(conn::run(shared.clone(), sock, for_conns.clone(), p))),
+                    Err(_) => drop(tokio::spawn(async move {
+                        let _ = sock.write_all(b"-ERR max number of clients reached\r\n").await;
+                    })),
+                }
+            }
+            _ = stopped(&mut shutdown) => break,
+        }
+    }
+    drop(listener);
+    info!("RESP: no new connections; waiting for open ones to finish");
+    let _ = permits.acquire_many(MAX_CLIENTS as u32).await;
+}
