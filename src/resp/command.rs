@@ -261,7 +261,7 @@ pub fn prepare(name: &str, args: &[Bytes]) -> std::result::Result<Option<Cmd>, R
         "exists" => Cmd::Exists(args[1..].to_vec()),
         "mget" => Cmd::MGet(args[1..].to_vec()),
         "mset" => {
-            if args.len() % 2 == 0 {
+            if args.len().is_multiple_of(2) {
                 return Err(arity_error("mset"));
             }
             Cmd::MSet(
@@ -376,7 +376,7 @@ fn parse_expire(name: &str, args: &[Bytes]) -> std::result::Result<Cmd, Reply> {
     }
     let t = int_arg(&args[2])?;
     let ms = if name == "expire" || name == "expireat" {
-        if t > i64::MAX / 1000 || t < i64::MIN / 1000 {
+        if !(i64::MIN / 1000..=i64::MAX / 1000).contains(&t) {
             return Err(Reply::from(Error::InvalidExpireTime(cmd)));
         }
         t * 1000
