@@ -300,3 +300,36 @@ async fn concurrent_increments_on_one_key_are_exact() {
     assert!(st.durable_lsn >= 4000, "{st:?}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn incr_by_float_prints_like_redis() {
+    let (s, _d) = server().await;
+    let mut c = s.client().await;
+    let client = c.clone();
+    let add = |by: &str| {
+        let req = IncrByFloatRequest {
+            key: "f".into(),
+            by: by.into(),
+        };
+        let mut c = client.clone();
+        async move { c.incr_by_float(req).await }
+    };
+    assert_eq!(add("0.1").await.unwrap().into_inner().value, "0.1");
+    assert_eq!(add("0.2").await.unwrap().into_inner().value, "0.3");
+    assert_eq!(add("-0.3").await.unwrap().into_inner().value, "0");
+    let e = add("abc").await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::FailedPrecondition, "value is not a valid float")
+    );
+    let e = add("inf").await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::OutOfRange, "increment would produce NaN or Infinity")
+    );
+    set(&mut c, "f", "hello").await;
+    let e = add("1").await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(get(&mut c, "f").await.as_deref(), Some("hello"));
+    s.stop().await;
+}

@@ -43,6 +43,18 @@ impl CounterService for Service {
         Ok(Response::new(pb::IncrResponse { value }))
     }
 
+    async fn incr_by_float(
+        &self,
+        req: Request<pb::IncrByFloatRequest>,
+    ) -> Result<Response<pb::IncrByFloatResponse>, Status> {
+        let r = req.into_inner();
+        let (key, by) = validate::incr_by_float(&r)?;
+        let v = self.acked(self.engine.incr_by_float(key, by)?).await?;
+        Ok(Response::new(pb::IncrByFloatResponse {
+            value: String::from_utf8_lossy(&v).into_owned(),
+        }))
+    }
+
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let r = req.into_inner();
         let key = validate::key_only(&r, &r.key)?;

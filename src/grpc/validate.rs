@@ -32,6 +32,11 @@ pub fn incr(r: &pb::IncrRequest) -> Result<(&[u8], i64)> {
     Ok((key(&r.key)?, r.by.unwrap_or(1)))
 }
 
+pub fn incr_by_float(r: &pb::IncrByFloatRequest) -> Result<(&[u8], &[u8])> {
+    size(r)?;
+    Ok((key(&r.key)?, r.by.as_bytes()))
+}
+
 pub fn set(r: &pb::SetRequest) -> Result<(&[u8], &[u8], SetOptions)> {
     size(r)?;
     config::check_value(r.value.as_bytes())?;

@@ -35,7 +35,7 @@ pub fn run(name: &str, args: &[Bytes], s: &mut Session, shared: &Shared) -> Opti
         "select" => match parse_int(&args[1]) {
             Some(0) => Reply::Ok,
             Some(_) => Reply::err("DB index is out of range"),
-            None => Reply::err("invalid DB index"),
+            None => Reply::from(crate::error::Error::NotInteger),
         },
         "dbsize" => Reply::Int(shared.engine.stats().keys as i64),
         "hello" => hello(args, s, shared),
