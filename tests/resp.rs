@@ -72,7 +72,15 @@ fn connection_and_server_commands() {
         cmd.starts_with("*2\r\n*6\r\n$4\r\nincr\r\n:2\r\n") && cmd.ends_with("$-1\r\n"),
         "{cmd}"
     );
-    assert_eq!(c.cmd(&["CONFIG", "GET", "save"]), "*0\r\n");
+    assert_eq!(
+        c.cmd(&["CONFIG", "GET", "save"]),
+        "*2\r\n$4\r\nsave\r\n$0\r\n\r\n"
+    );
+    assert_eq!(
+        c.cmd(&["CONFIG", "GET", "appendonly"]),
+        "*2\r\n$10\r\nappendonly\r\n$3\r\nyes\r\n"
+    );
+    assert_eq!(c.cmd(&["CONFIG", "GET", "nosuch"]), "*0\r\n");
     assert_eq!(c.cmd(&["QUIT"]), "+OK\r\n");
     assert!(c.closed());
 }

@@ -43,13 +43,34 @@ pub fn run(name: &str, args: &[Bytes], s: &mut Session, shared: &Shared) -> Opti
         "command" => command(args),
         "info" => Reply::Verbatim(info(args.get(1).map(|b| &b[..]), shared).into_bytes()),
         "config" => match args[1].to_ascii_lowercase().as_slice() {
-            // No settings are exposed; an empty answer keeps redis-benchmark and redis-cli happy.
-            b"get" if args.len() >= 3 => Reply::Map(vec![]),
+            b"get" if args.len() >= 3 => config_get(&args[2..], shared),
             b"get" => arity_error("config|get"),
             _ => unknown_subcommand(&args[1], "CONFIG"),
         },
         _ => return None,
     })
+}
+
+/// CONFIG GET for the few parameters clients ask about (redis-benchmark reads `save` and
+/// `appendonly`); exact names or `*`. Nothing is settable.
+fn config_get(patterns: &[Bytes], shared: &Shared) -> Reply {
+    let params = [
+        ("appendfsync", shared.fsync_name),
+        ("appendonly", "yes"),
+        ("databases", "1"),
+        ("maxclients", "10000"),
+        ("save", ""),
+    ];
+    let pairs = params
+        .iter()
+        .filter(|(name, _)| {
+            patterns
+                .iter()
+                .any(|p| &p[..] == b"*" || p.eq_ignore_ascii_case(name.as_bytes()))
+        })
+        .map(|(name, value)| (Reply::bulk(name), Reply::bulk(value)))
+        .collect();
+    Reply::Map(pairs)
 }
 
 fn unknown_subcommand(sub: &[u8], cmd: &str) -> Reply {
