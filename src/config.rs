@@ -2,9 +2,11 @@
 //! (`cli::serve`) maps flags onto [`Config`]; the README's limits table mirrors the constants.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::fault::Faults;
 use crate::wal::FsyncMode;
 
 /// Longest key accepted, in bytes.
@@ -37,6 +39,8 @@ pub struct Config {
     pub checkpoint_bytes: u64,
     /// Checkpoint at least this often while there are new writes.
     pub checkpoint_interval: Duration,
+    /// Injected I/O faults, for tests (see `fault`); none by default.
+    pub faults: Arc<Faults>,
 }
 
 impl Config {
@@ -48,6 +52,7 @@ impl Config {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            faults: Arc::default(),
         }
     }
 }

@@ -25,6 +25,8 @@ pub enum Error {
     /// The server can no longer acknowledge writes (a failed fsync, or shutting down).
     /// Fail-stop: nothing is retried behind the caller's back.
     Unavailable(String),
+    /// The disk is full: the write was refused before it changed anything; retry later.
+    NoSpace,
     /// A WAL record or checkpoint failed its checks somewhere other than the torn tail.
     Corruption(String),
     /// Another process holds the data directory.
@@ -64,6 +66,9 @@ impl fmt::Display for Error {
             Error::InvalidExpireTime(cmd) => write!(f, "invalid expire time in '{cmd}' command"),
             Error::InvalidArgument(m) => f.write_str(m),
             Error::Unavailable(m) => write!(f, "unavailable: {m}"),
+            Error::NoSpace => f.write_str(
+                "no space left on device for the write-ahead log; writes are refused until space returns",
+            ),
             Error::Corruption(m) => write!(f, "corruption: {m}"),
             Error::Locked(m) => f.write_str(m),
             Error::Io { context, source } => write!(f, "{context}: {source}"),

@@ -17,6 +17,7 @@ pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod expiry;
+pub mod fault;
 pub mod grpc;
 pub mod resp;
 pub mod server;

@@ -20,6 +20,9 @@ use crate::grpc::{FILE_DESCRIPTOR_SET, Service};
 /// Between `MAX_REQUEST_BYTES` and this, our own check answers INVALID_ARGUMENT.
 pub const HARD_MAX_MESSAGE_BYTES: usize = 4 * MAX_REQUEST_BYTES;
 
+/// How often health checks whether the engine has failed.
+const HEALTH_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The sockets a server listens on.
 pub struct Listeners {
     /// gRPC.
@@ -61,6 +64,28 @@ pub async fn run(
             .set_not_serving::<CounterServiceServer<Service>>()
             .await;
         let _ = stop_tx.send(true);
+    });
+
+    // Fail-stop is visible to load balancers: once the WAL refuses writes, health says so.
+    let (health_watch, watched) = (health.clone(), engine.clone());
+    let mut health_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(HEALTH_POLL) => {}
+                _ = health_stop.wait_for(|stop| *stop) => return,
+            }
+            if let Some(why) = watched.failure() {
+                tracing::error!("reporting NOT_SERVING: {why}");
+                health_watch
+                    .set_not_serving::<CounterServiceServer<Service>>()
+                    .await;
+                health_watch
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+                return;
+            }
+        }
     });
 
     let resp = listeners.resp.map(|l| {

@@ -79,6 +79,8 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             "--fsync periodic: a power loss can lose up to 100 ms of acknowledged writes"
         );
     }
+    // Test seams (see `tally::fault`); unset in normal use.
+    config.faults = Arc::new(tally::fault::Faults::from_env());
     let engine = Engine::open(config, Arc::new(SystemClock))?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {

@@ -170,6 +170,7 @@ impl Engine {
         }
         if !ops.is_empty() {
             self.write(&ops)?;
+            crate::fault::point(crate::fault::Point::Sweep);
             self.expired
                 .fetch_add(ops.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }

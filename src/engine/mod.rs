@@ -40,6 +40,7 @@ use tracing::{error, info, warn};
 use crate::clock::Clock;
 use crate::config::{self, Config};
 use crate::error::{Error, Result};
+use crate::fault::{self, Point};
 use crate::storage::{Delta, Store};
 use crate::wal::{Op, Waiter, Wal, WalConfig};
 
@@ -138,6 +139,7 @@ impl Engine {
             dir: dir.join("wal"),
             segment_bytes: config.segment_bytes,
             fsync: config.fsync,
+            faults: config.faults.clone(),
         };
         let (wal, replayed) =
             Wal::open(wal_config, ckpt, &mut |r| store.apply(&r.ops).map(|_| ()))?;
@@ -313,9 +315,22 @@ impl Engine {
             return Ok(l);
         }
         let started = Instant::now();
-        self.store.sync()?;
+        if fault::simulate_power_loss() {
+            // Keep a copy of sled exactly as synced, taken with appends paused so the files are
+            // quiet and consistent: torture's power loss rolls sled back to it.
+            self.wal.with_appends_paused(|| -> Result<()> {
+                self.store.sync()?;
+                snapshot_dir(
+                    &self.config.data_dir.join("sled"),
+                    &self.config.data_dir.join("sled.synced"),
+                )
+            })?;
+        } else {
+            self.store.sync()?;
+        }
         checkpoint::write(&self.config.data_dir, l)?;
         *last = l;
+        fault::point(Point::CheckpointBeforeRemove);
         let removed = self.wal.remove_through(l)?;
         info!(
             lsn = l,
@@ -349,6 +364,11 @@ impl Engine {
         self.checkpoint()?;
         info!("engine closed");
         Ok(())
+    }
+
+    /// Why the engine stopped acknowledging writes, if it did (a failed WAL write or fsync).
+    pub fn failure(&self) -> Option<String> {
+        self.wal.failure()
     }
 
     /// When writes are acknowledged.
@@ -443,6 +463,29 @@ impl Drop for Engine {
             error!("closing the engine: {e}");
         }
     }
+}
+
+/// Replaces `to` with a copy of the directory tree `from` (power-loss simulation only).
+fn snapshot_dir(from: &Path, to: &Path) -> Result<()> {
+    let tmp = to.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    copy_tree(from, &tmp).map_err(|e| Error::io(format!("copying {}", from.display()), e))?;
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::rename(&tmp, to).map_err(|e| Error::io(format!("renaming to {}", to.display()), e))
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &dest)?;
+        } else {
+            std::fs::copy(entry.path(), dest)?;
+        }
+    }
+    Ok(())
 }
 
 fn lock_dir(dir: &Path) -> Result<File> {

@@ -11,6 +11,7 @@ impl From<Error> for Status {
             Error::Overflow | Error::DecrementOverflow | Error::NanOrInfinity => Code::OutOfRange,
             Error::InvalidArgument(_) | Error::InvalidExpireTime(_) => Code::InvalidArgument,
             Error::Unavailable(_) => Code::Unavailable,
+            Error::NoSpace => Code::ResourceExhausted,
             Error::Corruption(_) => Code::DataLoss,
             Error::Locked(_) | Error::Io { .. } | Error::Storage(_) => Code::Internal,
         };

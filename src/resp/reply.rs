@@ -107,6 +107,10 @@ impl From<Error> for Reply {
             | Error::InvalidArgument(_) => Reply::err(e),
             // Redis's error class for "cannot persist writes".
             Error::Unavailable(m) => Reply::Error(format!("MISCONF {m}")),
+            // Redis's words when its AOF write hits ENOSPC.
+            Error::NoSpace => Reply::Error(
+                "MISCONF Errors writing to the AOF file: No space left on device".into(),
+            ),
             other => Reply::err(format!("internal error: {other}")),
         }
     }

@@ -26,6 +26,9 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::wal::Op;
 
+/// How long `open` waits for a sled lock left by a store of this process being dropped.
+const OPEN_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 const VALUE: u8 = b'v';
 const TTL: u8 = b't';
 
@@ -91,16 +94,32 @@ fn encode_entry(value: &[u8], deadline_ms: Option<i64>) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `path`.
+    /// Opens (or creates) the store in `path`. The caller holds the data directory's LOCK, so
+    /// if sled's own file lock is still held it can only be by a previous store of this process
+    /// that is being dropped: sled's IO threads release their references a moment after the
+    /// `Db` goes. We retry for up to [`OPEN_RETRY`] rather than fail.
     pub fn open(path: &Path) -> Result<Store> {
-        // No background flusher: durability comes from the WAL and from `sync` at checkpoints,
-        // and sled's periodic flush (pwrite + sync_file_range every 500 ms) cost more CPU and
-        // disk time than the whole request path under load (see the README's figures).
-        let db = sled::Config::new().path(path).flush_every_ms(None).open()?;
-        Ok(Store {
-            db,
-            path: path.to_path_buf(),
-        })
+        let started = std::time::Instant::now();
+        loop {
+            // No background flusher: durability comes from the WAL and from `sync` at
+            // checkpoints, and sled's periodic flush (pwrite + sync_file_range every 500 ms)
+            // cost more CPU and disk time than the whole request path under load.
+            match sled::Config::new().path(path).flush_every_ms(None).open() {
+                Ok(db) => {
+                    return Ok(Store {
+                        db,
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && started.elapsed() < OPEN_RETRY =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// The entry under `key`, expired or not.

@@ -23,19 +23,23 @@ pub mod segment;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 pub use record::{Op, Record};
 pub use segment::SegmentInfo;
 
 use crate::error::{Error, Result};
+use crate::fault::{self, Faults, Point};
+
+/// Wait between retries of a write that hit ENOSPC.
+const NO_SPACE_RETRY: Duration = Duration::from_millis(100);
 
 /// When an appended record counts as acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +60,8 @@ pub struct WalConfig {
     pub segment_bytes: u64,
     /// Acknowledgement rule.
     pub fsync: FsyncMode,
+    /// Injected I/O faults (tests only; all off by default).
+    pub faults: Arc<Faults>,
 }
 
 /// A callback run once the LSN it waits for is acknowledged (or the WAL has failed).
@@ -89,6 +95,8 @@ struct State {
     /// Highest LSN covered by an fsync.
     synced: u64,
     failed: Option<String>,
+    /// The last write hit ENOSPC: refuse new appends until a retry succeeds.
+    no_space: bool,
     closed: bool,
     waiters: BTreeMap<u64, Vec<Waiter>>,
 }
@@ -127,14 +135,19 @@ impl Wal {
             .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
         let rec = segment::recover(&config.dir, checkpoint_lsn, apply)?;
         let mut segments = rec.segments;
-        let file = match segments.last() {
-            Some(last) => segment::open_append(last)?,
+        let active = match segments.last() {
+            Some(last) => Active::new(segment::open_append(last)?, last),
             None => {
                 let (f, info) = segment::create(&config.dir, rec.last_lsn + 1)?;
+                let a = Active::new(f, &info);
                 segments.push(info);
-                f
+                a
             }
         };
+        if fault::simulate_power_loss() {
+            // Whatever survived the (simulated) crash is now the durable state.
+            record_synced_len(&active.path, active.len);
+        }
         info!(
             last_lsn = rec.last_lsn,
             replayed = rec.replayed,
@@ -148,6 +161,7 @@ impl Wal {
                 written: rec.last_lsn,
                 synced: rec.last_lsn,
                 failed: None,
+                no_space: false,
                 closed: false,
                 waiters: BTreeMap::new(),
             }),
@@ -161,7 +175,7 @@ impl Wal {
         let s = shared.clone();
         let handle = std::thread::Builder::new()
             .name("tally-wal".into())
-            .spawn(move || writer(s, file))
+            .spawn(move || writer(s, active))
             .map_err(|e| Error::io("spawning the WAL writer thread", e))?;
         Ok((
             Wal {
@@ -194,6 +208,10 @@ impl Wal {
         if st.closed {
             return Err(Error::Unavailable("server is shutting down".into()));
         }
+        if st.no_space {
+            return Err(Error::NoSpace);
+        }
+        fault::point(Point::WalBeforeAppend);
         apply()?;
         let lsn = st.next_lsn;
         st.next_lsn += 1;
@@ -263,6 +281,10 @@ impl Wal {
             self.shared.disk_bytes.fetch_sub(s.len, Ordering::Relaxed);
             std::fs::remove_file(&s.path)
                 .map_err(|e| Error::io(format!("removing {}", s.path.display()), e))?;
+            let _ = std::fs::remove_file(s.path.with_extension("synced"));
+            if n == 0 {
+                fault::point(Point::CheckpointAfterRemove);
+            }
             debug!(segment = %s.path.display(), "removed checkpointed WAL segment");
             n += 1;
         }
@@ -306,6 +328,17 @@ impl Wal {
         }
     }
 
+    /// Why the log stopped acknowledging writes, if it did (fail-stop).
+    pub fn failure(&self) -> Option<String> {
+        self.lock().failed.clone()
+    }
+
+    /// Runs `f` while no record can be appended (the log's lock is held).
+    pub fn with_appends_paused<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _st = self.lock();
+        f()
+    }
+
     /// The directory this log lives in.
     pub fn dir(&self) -> &Path {
         &self.shared.dir
@@ -318,9 +351,70 @@ impl Drop for Wal {
     }
 }
 
-/// The group-commit loop. Owns the active segment file.
-fn writer(shared: Arc<Shared>, mut file: File) {
+/// The segment being appended to; owned by the writer thread.
+struct Active {
+    file: File,
+    path: PathBuf,
+    /// Bytes written (and not rolled back).
+    len: u64,
+}
+
+impl Active {
+    fn new(file: File, info: &SegmentInfo) -> Active {
+        Active {
+            file,
+            path: info.path.clone(),
+            len: info.len,
+        }
+    }
+
+    /// Writes `buf` at the end. On failure the segment is cut back to its previous length, so a
+    /// retry cannot leave half a batch in front of the whole one.
+    fn write(&mut self, faults: &Faults, buf: &[u8]) -> io::Result<()> {
+        let r = if faults.enospc() {
+            Err(io::Error::from_raw_os_error(28)) // ENOSPC
+        } else {
+            self.file.write_all(buf)
+        };
+        match r {
+            Ok(()) => {
+                self.len += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.file.set_len(self.len);
+                Err(e)
+            }
+        }
+    }
+
+    /// fdatasync, honouring injected faults; in power-loss simulation, records the length that
+    /// is now really durable beside the segment.
+    fn sync(&mut self, faults: &Faults) -> io::Result<()> {
+        if faults.fsync_error() {
+            return Err(io::Error::from_raw_os_error(5)); // EIO
+        }
+        if faults.skip_fsync() {
+            return Ok(());
+        }
+        self.file.sync_data()?;
+        if fault::simulate_power_loss() {
+            record_synced_len(&self.path, self.len);
+        }
+        Ok(())
+    }
+}
+
+/// Power-loss simulation: `<segment>.synced` holds the segment's fsynced length. Written
+/// without fsync: it only has to outlive the process, as the page cache does on kill -9.
+fn record_synced_len(path: &Path, len: u64) {
+    let _ = std::fs::write(path.with_extension("synced"), len.to_le_bytes());
+}
+
+/// The group-commit loop.
+fn writer(shared: Arc<Shared>, mut active: Active) {
     let mode = shared.config.fsync;
+    let faults = &shared.config.faults;
     let mut spare: Vec<u8> = Vec::with_capacity(1 << 16);
     let mut last_sync = Instant::now();
     loop {
@@ -344,40 +438,35 @@ fn writer(shared: Arc<Shared>, mut file: File) {
             std::mem::swap(&mut st.buf, &mut spare);
             (st.next_lsn - 1, st.closed)
         };
-        let mut result = Ok(());
-        if !spare.is_empty() {
-            result = file.write_all(&spare).map_err(|e| ("write", e));
-            if result.is_ok() {
-                let mut segs = shared.segments.lock().unwrap_or_else(|p| p.into_inner());
-                segs.last_mut().expect("active segment").len += spare.len() as u64;
-                shared
-                    .disk_bytes
-                    .fetch_add(spare.len() as u64, Ordering::Relaxed);
-            }
-        }
         let had_data = !spare.is_empty();
+        if had_data {
+            if let Err(msg) = write_batch(&shared, &mut active, &spare) {
+                return fail(&shared, msg);
+            }
+            fault::point(Point::WalAfterWrite);
+        }
         spare.clear();
         let want_sync = match mode {
             FsyncMode::Always => had_data || closing,
             FsyncMode::Periodic(every) => closing || last_sync.elapsed() >= every,
         };
-        let mut synced = false;
-        if result.is_ok() && want_sync {
-            result = file.sync_data().map_err(|e| ("fdatasync", e));
-            synced = result.is_ok();
+        if want_sync {
+            if let Err(e) = active.sync(faults) {
+                // Never retried: after a failed fsync the kernel may have dropped the pages.
+                return fail(
+                    &shared,
+                    format!("WAL fdatasync failed: {e}; refusing further writes"),
+                );
+            }
             last_sync = Instant::now();
-        }
-        if let Err((what, e)) = result {
-            fail(
-                &shared,
-                format!("WAL {what} failed: {e}; refusing further writes"),
-            );
-            return;
+            if had_data {
+                fault::point(Point::WalAfterFsync);
+            }
         }
         let ready = {
             let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
             st.written = batch_last;
-            if synced {
+            if want_sync {
                 st.synced = batch_last;
             }
             let acked = st.acked(mode);
@@ -391,34 +480,77 @@ fn writer(shared: Arc<Shared>, mut file: File) {
         if closing {
             return;
         }
-        if let Err(e) = maybe_roll(&shared, &mut file, batch_last, synced) {
-            fail(
+        if let Err(e) = maybe_roll(&shared, &mut active, batch_last, want_sync) {
+            return fail(
                 &shared,
                 format!("WAL segment roll failed: {e}; refusing further writes"),
             );
-            return;
         }
     }
 }
 
+/// Writes one batch. Out of space: the records are already applied, so they must not be
+/// dropped; new appends are refused (`Error::NoSpace`) and the write is retried until space
+/// returns. Any other error is fatal.
+fn write_batch(shared: &Shared, active: &mut Active, batch: &[u8]) -> Result<(), String> {
+    let mut warned = false;
+    loop {
+        match active.write(&shared.config.faults, batch) {
+            Ok(()) => break,
+            Err(e) if e.kind() == io::ErrorKind::StorageFull => {
+                let closed = {
+                    let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                    st.no_space = true;
+                    st.closed
+                };
+                if closed {
+                    return Err(format!("WAL write failed at shutdown: {e}"));
+                }
+                if !warned {
+                    warn!(
+                        "WAL write failed: {e}; refusing new writes and retrying until space returns"
+                    );
+                    warned = true;
+                }
+                std::thread::sleep(NO_SPACE_RETRY);
+            }
+            Err(e) => return Err(format!("WAL write failed: {e}; refusing further writes")),
+        }
+    }
+    if warned {
+        info!("WAL write succeeded again; accepting writes");
+        shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .no_space = false;
+    }
+    let mut segs = shared.segments.lock().unwrap_or_else(|p| p.into_inner());
+    segs.last_mut().expect("active segment").len += batch.len() as u64;
+    shared
+        .disk_bytes
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    Ok(())
+}
+
 /// Seals the active segment once it is full and starts the next one at `last + 1`.
-fn maybe_roll(shared: &Shared, file: &mut File, last: u64, synced: bool) -> Result<()> {
-    let full = {
-        let segs = shared.segments.lock().unwrap_or_else(|p| p.into_inner());
-        segs.last().expect("active segment").len >= shared.config.segment_bytes
-    };
-    if !full {
+fn maybe_roll(shared: &Shared, active: &mut Active, last: u64, synced: bool) -> Result<()> {
+    if active.len < shared.config.segment_bytes {
         return Ok(());
     }
     if !synced {
         // A sealed segment must be wholly durable: only the newest may hold a torn tail.
-        file.sync_data()
+        active
+            .sync(&shared.config.faults)
             .map_err(|e| Error::io("fdatasync before sealing a segment", e))?;
         let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
         st.synced = st.synced.max(last);
     }
     let (f, info) = segment::create(&shared.dir, last + 1)?;
-    *file = f;
+    if fault::simulate_power_loss() {
+        record_synced_len(&info.path, info.len);
+    }
+    *active = Active::new(f, &info);
     shared.disk_bytes.fetch_add(info.len, Ordering::Relaxed);
     shared
         .segments

@@ -1,0 +1,150 @@
+//! Test seams: crash points and injected I/O faults. Never armed in normal operation.
+//!
+//! **Fail points** ([`point`]) sit at the dangerous moments of the write path. Armed with the
+//! environment variable `TALLY_FAILPOINT=<name>[@<n>]`, the process aborts (no destructors, no
+//! flush: a crash) the n-th time it reaches that point (default the first). `tally torture` uses
+//! them to land crashes exactly there. Unarmed, a check is one relaxed atomic load.
+//!
+//! **I/O faults** ([`Faults`]) are per engine: an fsync that fails, a write that hits ENOSPC,
+//! and (for proving the torture harness has teeth) an fsync that is silently skipped. The CLI
+//! arms them from `TALLY_FAULTS=fsync-error,enospc,skip-fsync`; tests toggle them directly.
+//!
+//! **Power-loss simulation** (`TALLY_SIMULATE_POWER_LOSS=1`): the WAL records each segment's
+//! really-fsynced length beside it, and checkpoints keep a copy of sled as it was when synced,
+//! so `tally torture --power-loss` can drop everything that was never made durable.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Named crash points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    /// Before a record is applied to sled and appended to the WAL buffer.
+    WalBeforeAppend,
+    /// After a batch is written to the OS, before its fsync.
+    WalAfterWrite,
+    /// After the fsync, before the waiters are acknowledged.
+    WalAfterFsync,
+    /// After CHECKPOINT is written, before any segment is removed.
+    CheckpointBeforeRemove,
+    /// After one covered segment is removed, before the next.
+    CheckpointAfterRemove,
+    /// Inside a sweep: after a batch of expired keys is logged, before it is acknowledged.
+    Sweep,
+}
+
+impl Point {
+    /// Every point, for `tally torture`.
+    pub const ALL: [Point; 6] = [
+        Point::WalBeforeAppend,
+        Point::WalAfterWrite,
+        Point::WalAfterFsync,
+        Point::CheckpointBeforeRemove,
+        Point::CheckpointAfterRemove,
+        Point::Sweep,
+    ];
+
+    /// The name used in `TALLY_FAILPOINT`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Point::WalBeforeAppend => "wal-before-append",
+            Point::WalAfterWrite => "wal-after-write",
+            Point::WalAfterFsync => "wal-after-fsync",
+            Point::CheckpointBeforeRemove => "checkpoint-before-remove",
+            Point::CheckpointAfterRemove => "checkpoint-after-remove",
+            Point::Sweep => "sweep",
+        }
+    }
+}
+
+struct Armed {
+    point: Point,
+    remaining: AtomicU64,
+}
+
+static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
+
+fn armed() -> &'static Option<Armed> {
+    ARMED.get_or_init(|| {
+        let spec = std::env::var("TALLY_FAILPOINT").ok()?;
+        let (name, n) = match spec.split_once('@') {
+            Some((name, n)) => (name.to_string(), n.parse().unwrap_or(1)),
+            None => (spec.clone(), 1),
+        };
+        let point = Point::ALL.into_iter().find(|p| p.name() == name)?;
+        Some(Armed {
+            point,
+            remaining: AtomicU64::new(n.max(1)),
+        })
+    })
+}
+
+/// Crashes the process here if this point is armed and its count is reached.
+#[inline]
+pub fn point(p: Point) {
+    if let Some(a) = armed()
+        && a.point == p
+        && a.remaining.fetch_sub(1, Ordering::SeqCst) == 1
+    {
+        eprintln!("tally: fail point {} reached: aborting", p.name());
+        std::process::abort();
+    }
+}
+
+/// True when the power-loss simulation is on.
+pub fn simulate_power_loss() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("TALLY_SIMULATE_POWER_LOSS").is_ok_and(|v| v == "1"))
+}
+
+/// Injected I/O faults for one engine.
+#[derive(Debug, Default)]
+pub struct Faults {
+    fsync_error: AtomicBool,
+    enospc: AtomicBool,
+    skip_fsync: AtomicBool,
+}
+
+impl Faults {
+    /// Faults named in `TALLY_FAULTS` (comma-separated: fsync-error, enospc, skip-fsync).
+    pub fn from_env() -> Faults {
+        let f = Faults::default();
+        for name in std::env::var("TALLY_FAULTS").unwrap_or_default().split(',') {
+            match name.trim() {
+                "fsync-error" => f.set_fsync_error(true),
+                "enospc" => f.set_enospc(true),
+                "skip-fsync" => f.set_skip_fsync(true),
+                _ => {}
+            }
+        }
+        f
+    }
+
+    /// Every fsync of the WAL fails with EIO.
+    pub fn set_fsync_error(&self, on: bool) {
+        self.fsync_error.store(on, Ordering::SeqCst);
+    }
+
+    /// Every WAL write fails with ENOSPC (until turned off: "space returns").
+    pub fn set_enospc(&self, on: bool) {
+        self.enospc.store(on, Ordering::SeqCst);
+    }
+
+    /// WAL fsyncs are skipped but reported as done. Only for proving that the power-loss
+    /// harness detects a missing fsync.
+    pub fn set_skip_fsync(&self, on: bool) {
+        self.skip_fsync.store(on, Ordering::SeqCst);
+    }
+
+    pub(crate) fn fsync_error(&self) -> bool {
+        self.fsync_error.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn enospc(&self) -> bool {
+        self.enospc.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn skip_fsync(&self) -> bool {
+        self.skip_fsync.load(Ordering::Relaxed)
+    }
+}
