@@ -424,6 +424,7 @@ fn checkpoints_bound_wal_disk_use_and_keep_state() {
     assert!(s.checkpoint_lsn > 0, "no checkpoint ran: {s:?}");
     // 100k records of ~46 bytes is ~4.6 MB of WAL; checkpoints keep it near the threshold.
     assert!(max_bytes < 1 << 20, "WAL grew to {max_bytes} bytes");
+    e.wait(100_000).unwrap();
     let l = e.checkpoint().unwrap();
     assert_eq!(l, 100_000);
     assert!(e.stats().wal_segments <= 2, "{:?}", e.stats());

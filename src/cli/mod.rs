@@ -2,6 +2,7 @@
 
 mod bench;
 mod serve;
+mod torture;
 
 use std::process::ExitCode;
 
@@ -25,6 +26,9 @@ enum Command {
     /// Load generator: drive a running server over gRPC and print throughput and latency;
     /// or, with --raw-fsync, measure the disk's own append+fdatasync rate.
     Bench(bench::Args),
+    /// Crash-consistency harness: run the server, kill it (SIGKILL, fail points, simulated
+    /// power loss), restart it, and check that every acknowledged write survived exactly once.
+    Torture(torture::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -32,6 +36,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(a) => serve::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Torture(a) => torture::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,9 +12,9 @@
 //! shows a value whose record could still be lost.
 //!
 //! Recovery: open sled, read the checkpoint LSN, replay every newer WAL record (physical, so
-//! idempotent). Checkpoint: note `L = wal.last_lsn()`; `Store::sync` (sled flush plus fsync of
-//! every sled file) makes all of `<= L` durable in sled; record `L` in `CHECKPOINT`; delete the
-//! segments at or below `L`. sled may hold effects of records newer than `L` (even of records
+//! idempotent). Checkpoint: note `L = wal.synced_lsn()` (never ahead of the durable log);
+//! `Store::sync` (sled flush plus fsync of every sled file) makes all of `<= L` durable in sled;
+//! record `L` in `CHECKPOINT`; delete the segments at or below `L`. sled may hold effects of records newer than `L` (even of records
 //! that were never made durable and so never acknowledged): replay overwrites every key a newer
 //! durable record touched, and an unacknowledged write that survives is indistinguishable from
 //! one whose reply was lost.
@@ -309,8 +309,11 @@ impl Engine {
             .checkpoint_lsn
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        // Every LSN <= l is already applied to sled (see `Wal::append_with`).
-        let l = self.wal.last_lsn();
+        // Every LSN <= l is already applied to sled (see `Wal::append_with`), and, taking the
+        // fsynced LSN rather than the newest, the checkpoint never runs ahead of the durable
+        // log: after a power loss the WAL still reaches at least `l`, so recovery continues the
+        // LSN sequence in the newest segment. (sled may hold newer, unacknowledged effects.)
+        let l = self.wal.synced_lsn();
         if l == *last {
             return Ok(l);
         }
@@ -342,6 +345,10 @@ impl Engine {
     }
 
     fn checkpoint_due(&self, last_run: Instant) -> bool {
+        self.wal.failure().is_none() && self.checkpoint_size_or_age_due(last_run)
+    }
+
+    fn checkpoint_size_or_age_due(&self, last_run: Instant) -> bool {
         self.wal.disk_bytes() >= self.config.checkpoint_bytes
             || (last_run.elapsed() >= self.config.checkpoint_interval
                 && self.wal.last_lsn()
@@ -361,6 +368,13 @@ impl Engine {
         }
         self.background.stop_and_join();
         self.wal.close();
+        if let Some(why) = self.wal.failure() {
+            // Fail-stop: do not checkpoint. sled holds changes the WAL could not make durable,
+            // and a checkpoint would declare them durable. Recovery replays from the last good
+            // checkpoint instead.
+            warn!("not checkpointing at shutdown: {why}");
+            return Ok(());
+        }
         self.checkpoint()?;
         info!("engine closed");
         Ok(())
@@ -465,16 +479,25 @@ impl Drop for Engine {
     }
 }
 
-/// Replaces `to` with a copy of the directory tree `from` (power-loss simulation only).
+/// Replaces `to` with a copy of the directory tree `from` (power-loss simulation only). At
+/// every instant one complete copy exists: `to`, or else `<to>.old` (see torture's
+/// `lose_unsynced`).
 fn snapshot_dir(from: &Path, to: &Path) -> Result<()> {
-    let tmp = to.with_extension("tmp");
+    let (tmp, old) = (to.with_extension("tmp"), to.with_extension("old"));
+    let io = |what: &str, e| Error::io(format!("{what} for the sled snapshot"), e);
     let _ = std::fs::remove_dir_all(&tmp);
-    copy_tree(from, &tmp).map_err(|e| Error::io(format!("copying {}", from.display()), e))?;
-    let _ = std::fs::remove_dir_all(to);
-    std::fs::rename(&tmp, to).map_err(|e| Error::io(format!("renaming to {}", to.display()), e))
+    copy_tree(from, &tmp).map_err(|e| io("copying", e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    if to.exists() {
+        std::fs::rename(to, &old).map_err(|e| io("renaming", e))?;
+    }
+    std::fs::rename(&tmp, to).map_err(|e| io("renaming", e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
 }
 
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Copies a directory tree.
+pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;

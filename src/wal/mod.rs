@@ -135,19 +135,29 @@ impl Wal {
             .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
         let rec = segment::recover(&config.dir, checkpoint_lsn, apply)?;
         let mut segments = rec.segments;
+        if rec.wal_end < checkpoint_lsn && !segments.is_empty() {
+            // The log ends before the checkpoint (it lost synced data, or predates our rule that
+            // checkpoints never pass the fsynced LSN): every record in it is covered by sled,
+            // so start clean at checkpoint + 1 instead of continuing a segment out of sequence.
+            warn!(
+                wal_end = rec.wal_end,
+                checkpoint_lsn, "WAL ends before the checkpoint; starting a new segment after it"
+            );
+            for s in segments.drain(..) {
+                std::fs::remove_file(&s.path)
+                    .map_err(|e| Error::io(format!("removing {}", s.path.display()), e))?;
+                let _ = std::fs::remove_file(s.path.with_extension("synced"));
+            }
+        }
         let active = match segments.last() {
-            Some(last) => Active::new(segment::open_append(last)?, last),
+            Some(last) => Active::new(segment::open_append(last)?, last)?,
             None => {
                 let (f, info) = segment::create(&config.dir, rec.last_lsn + 1)?;
-                let a = Active::new(f, &info);
+                let a = Active::new(f, &info)?;
                 segments.push(info);
                 a
             }
         };
-        if fault::simulate_power_loss() {
-            // Whatever survived the (simulated) crash is now the durable state.
-            record_synced_len(&active.path, active.len);
-        }
         info!(
             last_lsn = rec.last_lsn,
             replayed = rec.replayed,
@@ -219,6 +229,11 @@ impl Wal {
         drop(st);
         self.shared.work.notify_one();
         Ok(lsn)
+    }
+
+    /// The newest LSN covered by an fsync.
+    pub fn synced_lsn(&self) -> u64 {
+        self.lock().synced
     }
 
     /// The newest LSN handed out (0 before the first record ever).
@@ -354,17 +369,44 @@ impl Drop for Wal {
 /// The segment being appended to; owned by the writer thread.
 struct Active {
     file: File,
-    path: PathBuf,
     /// Bytes written (and not rolled back).
     len: u64,
+    /// Bytes covered by a real fsync.
+    synced_len: u64,
+    /// Power-loss simulation only: `<segment>.synced`, holding the fsynced length.
+    synced_file: Option<File>,
 }
 
 impl Active {
-    fn new(file: File, info: &SegmentInfo) -> Active {
-        Active {
+    fn new(file: File, info: &SegmentInfo) -> Result<Active> {
+        let mut a = Active {
             file,
-            path: info.path.clone(),
             len: info.len,
+            synced_len: info.len,
+            synced_file: None,
+        };
+        if fault::simulate_power_loss() {
+            let side = info.path.with_extension("synced");
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&side)
+                .map_err(|e| Error::io(format!("opening {}", side.display()), e))?;
+            a.synced_file = Some(f);
+            // Whatever is in the segment now survived (or was just created durable).
+            a.record_synced();
+        }
+        Ok(a)
+    }
+
+    /// One 8-byte `pwrite` in place: a killed process leaves either the old or the new value,
+    /// never an empty file. No fsync: it only has to outlive the process, as the page cache
+    /// does on kill -9.
+    fn record_synced(&self) {
+        use std::os::unix::fs::FileExt;
+        if let Some(f) = &self.synced_file {
+            let _ = f.write_all_at(&self.len.to_le_bytes(), 0);
         }
     }
 
@@ -389,26 +431,20 @@ impl Active {
     }
 
     /// fdatasync, honouring injected faults; in power-loss simulation, records the length that
-    /// is now really durable beside the segment.
-    fn sync(&mut self, faults: &Faults) -> io::Result<()> {
+    /// is now really durable beside the segment. `group_commit` marks the fsync that
+    /// acknowledgements wait for: the one the `skip-fsync` fault removes.
+    fn sync(&mut self, faults: &Faults, group_commit: bool) -> io::Result<()> {
         if faults.fsync_error() {
             return Err(io::Error::from_raw_os_error(5)); // EIO
         }
-        if faults.skip_fsync() {
+        if group_commit && faults.skip_fsync() {
             return Ok(());
         }
         self.file.sync_data()?;
-        if fault::simulate_power_loss() {
-            record_synced_len(&self.path, self.len);
-        }
+        self.synced_len = self.len;
+        self.record_synced();
         Ok(())
     }
-}
-
-/// Power-loss simulation: `<segment>.synced` holds the segment's fsynced length. Written
-/// without fsync: it only has to outlive the process, as the page cache does on kill -9.
-fn record_synced_len(path: &Path, len: u64) {
-    let _ = std::fs::write(path.with_extension("synced"), len.to_le_bytes());
 }
 
 /// The group-commit loop.
@@ -451,7 +487,7 @@ fn writer(shared: Arc<Shared>, mut active: Active) {
             FsyncMode::Periodic(every) => closing || last_sync.elapsed() >= every,
         };
         if want_sync {
-            if let Err(e) = active.sync(faults) {
+            if let Err(e) = active.sync(faults, true) {
                 // Never retried: after a failed fsync the kernel may have dropped the pages.
                 return fail(
                     &shared,
@@ -480,7 +516,7 @@ fn writer(shared: Arc<Shared>, mut active: Active) {
         if closing {
             return;
         }
-        if let Err(e) = maybe_roll(&shared, &mut active, batch_last, want_sync) {
+        if let Err(e) = maybe_roll(&shared, &mut active, batch_last) {
             return fail(
                 &shared,
                 format!("WAL segment roll failed: {e}; refusing further writes"),
@@ -534,23 +570,20 @@ fn write_batch(shared: &Shared, active: &mut Active, batch: &[u8]) -> Result<(),
 }
 
 /// Seals the active segment once it is full and starts the next one at `last + 1`.
-fn maybe_roll(shared: &Shared, active: &mut Active, last: u64, synced: bool) -> Result<()> {
+fn maybe_roll(shared: &Shared, active: &mut Active, last: u64) -> Result<()> {
     if active.len < shared.config.segment_bytes {
         return Ok(());
     }
-    if !synced {
+    if active.synced_len < active.len {
         // A sealed segment must be wholly durable: only the newest may hold a torn tail.
         active
-            .sync(&shared.config.faults)
+            .sync(&shared.config.faults, false)
             .map_err(|e| Error::io("fdatasync before sealing a segment", e))?;
         let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
         st.synced = st.synced.max(last);
     }
     let (f, info) = segment::create(&shared.dir, last + 1)?;
-    if fault::simulate_power_loss() {
-        record_synced_len(&info.path, info.len);
-    }
-    *active = Active::new(f, &info);
+    *active = Active::new(f, &info)?;
     shared.disk_bytes.fetch_add(info.len, Ordering::Relaxed);
     shared
         .segments

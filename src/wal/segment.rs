@@ -103,6 +103,8 @@ pub struct Recovered {
     pub segments: Vec<SegmentInfo>,
     /// The last LSN found, or `checkpoint_lsn` when the WAL holds nothing newer.
     pub last_lsn: u64,
+    /// The last LSN the segments actually reach (their first LSN minus one when empty).
+    pub wal_end: u64,
     /// How many records were passed to `apply`.
     pub replayed: u64,
 }
@@ -193,10 +195,12 @@ pub fn recover(
         }
         expected = Some(next);
     }
-    let last_lsn = expected.map_or(checkpoint_lsn, |e| (e - 1).max(checkpoint_lsn));
+    let wal_end = expected.map_or(0, |e| e - 1);
+    let last_lsn = wal_end.max(checkpoint_lsn);
     Ok(Recovered {
         segments,
         last_lsn,
+        wal_end,
         replayed,
     })
 }

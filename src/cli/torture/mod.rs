@@ -1,0 +1,539 @@
+//! `tally torture`: crash-consistency harness. Starts the real server binary, drives concurrent
+//! clients, records every acknowledged result, kills the server (SIGKILL at a random moment, or
+//! an armed fail point), optionally simulates a power loss, restarts it and checks the recovered
+//! state against what was acknowledged (see `model`). Ends with
+//! `cycles=N acked=A lost=0 doubled=0 resurrected=0 ttl_resets=0`; exits non-zero on a violation.
+
+mod model;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use model::{Counter, Expect, Model, Observed, Owned, Report};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tally::fault::Point;
+use tally::grpc::pb::counter_service_client::CounterServiceClient;
+use tally::grpc::pb::*;
+use tonic::transport::Channel;
+
+/// Shared (hot) counters every client increments.
+const HOT: usize = 4;
+/// Cold counters, picked at random.
+const COLD: usize = 200;
+/// Keys each client owns for set/delete/expire.
+const OWNED_PER_CLIENT: usize = 16;
+/// Longest wait for one reply before the outcome counts as unknown.
+const OP_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Data directory for the server under test [default: a new temporary directory, removed
+    /// at the end unless a violation was found].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Crash/restart cycles to run (the run also stops after --seconds).
+    #[arg(long, default_value_t = 20)]
+    cycles: u64,
+    /// Time budget in seconds (the run also stops after --cycles).
+    #[arg(long, default_value_t = 60.0)]
+    seconds: f64,
+    /// Concurrent clients, each on its own connection.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Random seed, to replay a run [default: from the clock; printed at the start].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Simulate power loss at each crash: every WAL byte that was not fsynced, and every sled
+    /// change since the last checkpoint, is dropped before the restart.
+    #[arg(long)]
+    power_loss: bool,
+    /// Share of cycles (0 to 1) whose crash comes from an armed fail point rather than SIGKILL.
+    #[arg(long, default_value_t = 0.5)]
+    failpoint_rate: f64,
+    /// Inject faults into the server under test (TALLY_FAULTS). For proving the harness has
+    /// teeth: `--inject skip-fsync --power-loss` must report lost writes.
+    #[arg(long, hide = true)]
+    inject: Option<String>,
+}
+
+pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let seed = a.seed.unwrap_or_else(|| now_ms() as u64);
+    let (dir, temp) = match &a.data_dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("tally-torture-{}-{seed}", std::process::id())),
+            true,
+        ),
+    };
+    std::fs::create_dir_all(&dir)?;
+    eprintln!(
+        "torture: seed={seed} data_dir={} clients={} power_loss={}",
+        dir.display(),
+        a.clients,
+        a.power_loss
+    );
+    let rt = tokio::runtime::Runtime::new()?;
+    let (cycles, model, report) = rt.block_on(torture(&a, &dir, seed))?;
+    println!(
+        "cycles={cycles} acked={} lost={} doubled={} resurrected={} ttl_resets={}",
+        model.acked, report.lost, report.doubled, report.resurrected, report.ttl_resets
+    );
+    if report.violations() > 0 {
+        for e in &report.examples {
+            eprintln!("  {e}");
+        }
+        return Err(format!(
+            "{} violations (data kept in {})",
+            report.violations(),
+            dir.display()
+        )
+        .into());
+    }
+    if temp {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The server's stderr, inside the data directory (the server ignores unknown files).
+const SERVER_LOG: &str = "torture-server.log";
+
+/// The server would not start on the recovered directory: acknowledged data is unreadable.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "server refused to start: {}", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// The server under test.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(
+        dir: &Path,
+        a: &Args,
+        failpoint: Option<String>,
+    ) -> Result<Server, Box<dyn std::error::Error>> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--resp-addr",
+            "off",
+            "--log-level",
+            "error",
+        ])
+        .args([
+            "--wal-segment-bytes",
+            "8192",
+            "--checkpoint-bytes",
+            "32768",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(SERVER_LOG))?,
+        )
+        .env_remove("TALLY_FAILPOINT")
+        .env_remove("TALLY_FAULTS");
+        if let Some(f) = failpoint {
+            cmd.env("TALLY_FAILPOINT", f);
+        }
+        if a.power_loss {
+            cmd.env("TALLY_SIMULATE_POWER_LOSS", "1");
+        }
+        if let Some(f) = &a.inject {
+            cmd.env("TALLY_FAULTS", f);
+        }
+        let mut child = cmd.spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
+        let Some(addr) = line.trim().strip_prefix("tally: serving gRPC on ") else {
+            let _ = child.wait();
+            let log = std::fs::read_to_string(dir.join(SERVER_LOG)).unwrap_or_default();
+            let why = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("error"))
+                .unwrap_or("no output")
+                .to_string();
+            return Err(Refused(why).into());
+        };
+        Ok(Server {
+            addr: format!("http://{addr}"),
+            child,
+        })
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn connect(addr: &str) -> Result<CounterServiceClient<Channel>, Box<dyn std::error::Error>> {
+    Ok(CounterServiceClient::new(
+        tonic::transport::Endpoint::from_shared(addr.to_string())?
+            .connect()
+            .await?,
+    ))
+}
+
+async fn torture(
+    a: &Args,
+    dir: &Path,
+    seed: u64,
+) -> Result<(u64, Model, Report), Box<dyn std::error::Error>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut model = Model::default();
+    for i in 0..HOT {
+        model
+            .counters
+            .insert(format!("hot:{i}"), Counter::default());
+    }
+    for i in 0..COLD {
+        model
+            .counters
+            .insert(format!("cold:{i}"), Counter::default());
+    }
+    for c in 0..a.clients {
+        for i in 0..OWNED_PER_CLIENT {
+            model.owned.insert(
+                format!("own:{c}:{i}"),
+                Owned {
+                    expect: Expect::Absent,
+                    uncertain: true,
+                },
+            );
+        }
+    }
+    let budget = Instant::now() + Duration::from_secs_f64(a.seconds);
+    let mut report = Report::default();
+    let mut cycles = 0;
+    let model = Arc::new(Mutex::new(model));
+    while cycles < a.cycles && Instant::now() < budget {
+        cycles += 1;
+        let failpoint = rng.random_bool(a.failpoint_rate.clamp(0.0, 1.0)).then(|| {
+            let p = Point::ALL[rng.random_range(0..Point::ALL.len())];
+            let n = match p {
+                Point::CheckpointBeforeRemove | Point::CheckpointAfterRemove => {
+                    rng.random_range(1..3)
+                }
+                Point::Sweep => rng.random_range(1..10),
+                _ => rng.random_range(1..400),
+            };
+            format!("{}@{n}", p.name())
+        });
+        // Verify on an unarmed server (the sweeper and checkpointer write while we read, and an
+        // armed point must not fire then), then crash-restart into the armed one.
+        let mut server = match Server::start(dir, a, None) {
+            Ok(s) => s,
+            Err(e) => return refused(e, cycles, model, report),
+        };
+        verify(&server.addr, &model, cycles, &mut report).await?;
+        if failpoint.is_some() {
+            server.kill();
+            if a.power_loss {
+                lose_unsynced(dir)?;
+            }
+            server = Server::start(dir, a, failpoint.clone())?;
+        }
+        let run_for = Duration::from_millis(rng.random_range(150..1200));
+        let mut tasks = Vec::new();
+        for c in 0..a.clients {
+            let (addr, model, seed) = (server.addr.clone(), model.clone(), rng.random::<u64>());
+            tasks.push(tokio::spawn(
+                async move { client(c, &addr, model, seed).await },
+            ));
+        }
+        let started = Instant::now();
+        while started.elapsed() < run_for && server.child.try_wait()?.is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let how = match server.child.try_wait()? {
+            Some(_) => format!(
+                "crashed at fail point {}",
+                failpoint.as_deref().unwrap_or("?")
+            ),
+            None => format!("SIGKILL after {} ms", run_for.as_millis()),
+        };
+        server.kill();
+        for t in tasks {
+            let _ = t.await;
+        }
+        if a.power_loss {
+            lose_unsynced(dir)?;
+        }
+        eprintln!(
+            "cycle {cycles}: {how}; acked so far {}",
+            model.lock().unwrap().acked
+        );
+    }
+    // Recover once more and check the final state, then stop cleanly.
+    let mut server = match Server::start(dir, a, None) {
+        Ok(s) => s,
+        Err(e) => return refused(e, cycles, model, report),
+    };
+    verify(&server.addr, &model, cycles + 1, &mut report).await?;
+    unsafe_sigterm(&mut server.child);
+    let model = Arc::try_unwrap(model)
+        .map_err(|_| "clients still running")?
+        .into_inner()
+        .unwrap();
+    Ok((cycles, model, report))
+}
+
+/// Ends the run when the server cannot recover: that is lost acknowledged data, reported as such.
+fn refused(
+    e: Box<dyn std::error::Error>,
+    cycles: u64,
+    model: Arc<Mutex<Model>>,
+    mut report: Report,
+) -> Result<(u64, Model, Report), Box<dyn std::error::Error>> {
+    if !e.is::<Refused>() {
+        return Err(e);
+    }
+    report.note("lost", format!("cycle {cycles}: {e}"));
+    let model = Arc::try_unwrap(model)
+        .map_err(|_| "clients still running")?
+        .into_inner()
+        .unwrap();
+    Ok((cycles, model, report))
+}
+
+fn unsafe_sigterm(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}
+
+/// Reads every key of the model from a freshly recovered server and checks it.
+async fn verify(
+    addr: &str,
+    model: &Mutex<Model>,
+    cycle: u64,
+    report: &mut Report,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut c = connect(addr).await?;
+    let (counters, owned): (Vec<String>, Vec<String>) = {
+        let m = model.lock().unwrap();
+        (
+            m.counters.keys().cloned().collect(),
+            m.owned.keys().cloned().collect(),
+        )
+    };
+    for key in counters {
+        let r = c.get(GetRequest { key: key.clone() }).await?.into_inner();
+        let v = if r.found { r.value.parse::<i64>()? } else { 0 };
+        model.lock().unwrap().check_counter(&key, v, cycle, report);
+    }
+    for key in owned {
+        let before_ms = now_ms();
+        let g = c.get(GetRequest { key: key.clone() }).await?.into_inner();
+        let t = c.ttl(TtlRequest { key: key.clone() }).await?.into_inner();
+        let after_ms = now_ms();
+        // Read again if the key changed state between the two calls (it expired in between).
+        let value = g.found.then_some(g.value);
+        let expire_at = if value.is_none() {
+            -2
+        } else {
+            t.expire_at_unix_ms
+        };
+        let o = Observed {
+            value,
+            expire_at,
+            before_ms,
+            after_ms,
+        };
+        model.lock().unwrap().check_owned(&key, &o, cycle, report);
+    }
+    Ok(())
+}
+
+/// One client: a random mix of counter increments and operations on its own keys, until the
+/// server stops answering. Every reply updates the model; a missing reply marks the outcome
+/// unknown and ends the client.
+async fn client(id: usize, addr: &str, model: Arc<Mutex<Model>>, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let Ok(mut c) = connect(addr).await else {
+        return;
+    };
+    let mut n = 0u64;
+    loop {
+        n += 1;
+        let roll = rng.random_range(0..100);
+        if roll < 60 {
+            let key = if roll < 30 {
+                format!("hot:{}", rng.random_range(0..HOT))
+            } else {
+                format!("cold:{}", rng.random_range(0..COLD))
+            };
+            model
+                .lock()
+                .unwrap()
+                .counters
+                .entry(key.clone())
+                .or_default()
+                .unknown += 1;
+            let r = tokio::time::timeout(
+                OP_TIMEOUT,
+                c.incr(IncrRequest {
+                    key: key.clone(),
+                    by: None,
+                }),
+            )
+            .await;
+            let mut m = model.lock().unwrap();
+            match r {
+                Ok(Ok(_)) => {
+                    let ctr = m.counters.get_mut(&key).unwrap();
+                    ctr.unknown -= 1;
+                    ctr.acked += 1;
+                    m.acked += 1;
+                }
+                _ => return,
+            }
+            continue;
+        }
+        let key = format!("own:{id}:{}", rng.random_range(0..OWNED_PER_CLIENT));
+        model.lock().unwrap().owned.get_mut(&key).unwrap().uncertain = true;
+        let now = now_ms();
+        let deadline = now + rng.random_range(150..2000);
+        let outcome: Option<Option<Expect>> = match roll {
+            60..=79 => {
+                let value = format!("v{id}.{n}");
+                let with_ttl = rng.random_bool(0.5);
+                let req = SetRequest {
+                    key: key.clone(),
+                    value: value.clone(),
+                    expiry: with_ttl.then_some(set_request::Expiry::AtUnixMs(deadline)),
+                    ..Default::default()
+                };
+                op(c.set(req)).await.map(|_| {
+                    Some(Expect::Value {
+                        value,
+                        deadline: with_ttl.then_some(deadline),
+                    })
+                })
+            }
+            80..=89 => op(c.delete(DeleteRequest {
+                keys: vec![key.clone()],
+            }))
+            .await
+            .map(|_| Some(Expect::Absent)),
+            90..=95 => {
+                let req = ExpireRequest {
+                    key: key.clone(),
+                    when: Some(expire_request::When::AtUnixMs(deadline)),
+                    condition: 0,
+                };
+                match op(c.expire(req)).await {
+                    // Applied: whatever value the key held now has this deadline; not applied: no change.
+                    Some(r) if r.applied => Some(Some(Expect::Value {
+                        value: String::new(),
+                        deadline: Some(deadline),
+                    })),
+                    Some(_) => Some(None),
+                    None => None,
+                }
+            }
+            _ => match op(c.persist(PersistRequest { key: key.clone() })).await {
+                Some(r) if r.applied => Some(Some(Expect::Value {
+                    value: String::new(),
+                    deadline: None,
+                })),
+                Some(_) => Some(None),
+                None => None,
+            },
+        };
+        let mut m = model.lock().unwrap();
+        let Some(change) = outcome else { return };
+        m.acked += 1;
+        let o = m.owned.get_mut(&key).unwrap();
+        if let Some(new) = change {
+            o.expect = match (new, &o.expect) {
+                // Expire/Persist keep the value the key held.
+                (Expect::Value { value, deadline }, Expect::Value { value: old, .. })
+                    if value.is_empty() =>
+                {
+                    Expect::Value {
+                        value: old.clone(),
+                        deadline,
+                    }
+                }
+                (new, _) => new,
+            };
+        }
+        o.uncertain = false;
+    }
+}
+
+/// Awaits one call with the timeout; `None` if the outcome is unknown.
+async fn op<T>(f: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Option<T> {
+    match tokio::time::timeout(OP_TIMEOUT, f).await {
+        Ok(Ok(r)) => Some(r.into_inner()),
+        _ => None,
+    }
+}
+
+/// Power-loss simulation: cut every WAL segment to the length it had at its last real fsync,
+/// and roll sled back to its copy from the last checkpoint (see `tally::fault`).
+fn lose_unsynced(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    for entry in std::fs::read_dir(dir.join("wal"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "wal") {
+            let synced = std::fs::read(path.with_extension("synced"))
+                .ok()
+                .and_then(|b| b.try_into().ok().map(u64::from_le_bytes))
+                .unwrap_or(0);
+            let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+            if f.metadata()?.len() > synced {
+                f.set_len(synced)?;
+            }
+        }
+    }
+    let sled = dir.join("sled");
+    let _ = std::fs::remove_dir_all(&sled);
+    let _ = std::fs::remove_dir_all(dir.join("sled.synced.tmp"));
+    // The engine swaps snapshots through `sled.synced.old`; whichever complete copy exists wins.
+    let (synced, old) = (dir.join("sled.synced"), dir.join("sled.synced.old"));
+    if synced.exists() {
+        let _ = std::fs::remove_dir_all(&old);
+        tally::engine::copy_tree(&synced, &sled)?;
+    } else if old.exists() {
+        std::fs::rename(&old, &synced)?;
+        tally::engine::copy_tree(&synced, &sled)?;
+    }
+    Ok(())
+}
