@@ -47,6 +47,8 @@ use crate::wal::{Op, Waiter, Wal, WalConfig};
 /// Number of key-lock stripes. Two keys share a stripe with probability 1/STRIPES; that only
 /// serializes them, it never changes a result.
 const STRIPES: usize = 1024;
+/// How long `open` retries a held LOCK before reporting the directory in use.
+const LOCK_RETRY: Duration = Duration::from_millis(500);
 /// How often the checkpointer checks whether a checkpoint is due (two atomic loads), so WAL
 /// disk use overshoots `checkpoint_bytes` by at most this long's worth of writes.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(10);
@@ -519,15 +521,26 @@ fn lock_dir(dir: &Path) -> Result<File> {
         .write(true)
         .open(&path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(format!(
-            "data directory {} is in use by another tally process (it holds {})",
-            dir.display(),
-            path.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(Error::io(format!("locking {}", path.display()), e))
+    // A lock released a moment ago can still be held by a forked child of this process until
+    // its exec closes the inherited descriptor (flock belongs to the open file description).
+    // So retry briefly before declaring the directory in use by someone else.
+    let started = Instant::now();
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_RETRY => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked(format!(
+                    "data directory {} is in use by another tally process (it holds {})",
+                    dir.display(),
+                    path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io(format!("locking {}", path.display()), e));
+            }
         }
     }
 }
