@@ -440,3 +440,37 @@ fn checkpoints_bound_wal_disk_use_and_keep_state() {
     // LSNs continue past the checkpoint.
     assert_eq!(e.incr(b"k0", 1).unwrap().lsn, 100_001);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn periodic_fsync_survives_a_killed_process() {
+    // `--fsync periodic` acknowledges after the write to the OS: kill -9 keeps the page cache,
+    // so nothing acknowledged is lost (only a power loss can lose the last ~100 ms).
+    let d = tempfile::tempdir().unwrap();
+    let mut p = Proc::start(d.path(), &["--fsync", "periodic"]);
+    let mut c = connect(&p.addr).await;
+    for i in 1..=500 {
+        let v = c
+            .incr(IncrRequest {
+                key: format!("k{}", i % 7),
+                by: None,
+            })
+            .await
+            .unwrap();
+        assert!(v.into_inner().value > 0);
+    }
+    p.kill9();
+    let p = Proc::start(d.path(), &[]);
+    let mut c = connect(&p.addr).await;
+    let mut total = 0;
+    for k in 0..7 {
+        let r = c
+            .get(GetRequest {
+                key: format!("k{k}"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        total += r.value.parse::<i64>().unwrap();
+    }
+    assert_eq!(total, 500);
+}

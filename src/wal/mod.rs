@@ -11,9 +11,12 @@
 //! fsyncs once for the whole batch. While it waits on the disk the next batch fills up, so the
 //! batch size follows the load without a timer.
 //!
-//! Fail-stop: if a write or fsync fails, every pending and future waiter gets
-//! `Error::Unavailable`. We never retry an fsync: after a failed fsync Linux may have dropped the
-//! dirty pages, so a retry can "succeed" without the data (the PostgreSQL fsyncgate lesson).
+//! Fail-stop: if an fsync (or a write, for any reason but a full disk) fails, every pending and
+//! future waiter gets `Error::Unavailable`. We never retry an fsync: after a failed fsync Linux
+//! may have dropped the dirty pages, so a retry can "succeed" without the data (the PostgreSQL
+//! fsyncgate lesson). A write that hits ENOSPC is different: nothing was lost, the batch is still
+//! in memory, so the writer cuts the segment back, refuses new appends with `Error::NoSpace`
+//! (before they touch the state), and retries the batch until space returns.
 //!
 //! Leaves out on purpose: what a record means (the engine's job) and when segments may be removed
 //! (the engine's checkpoint decides; [`Wal::remove_through`] only deletes what it is told).
