@@ -12,7 +12,7 @@
 mod admin;
 mod command;
 mod conn;
-mod parse;
+pub mod parse;
 mod reply;
 
 pub use admin::REDIS_VERSION;
