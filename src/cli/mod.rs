@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Tally: a persistent counter database with Redis counter semantics over gRPC.
+/// Tally: a persistent counter database with Redis counter semantics, over gRPC and the Redis
+/// protocol.
 ///
 /// Every acknowledged write survives kill -9 and power loss: it is in the write-ahead log and
 /// fsync'd before the reply is sent.
