@@ -359,22 +359,17 @@ async fn verify(
         model.lock().unwrap().check_counter(&key, v, cycle, report);
     }
     for key in owned {
-        let before_ms = now_ms();
-        let g = c.get(GetRequest { key: key.clone() }).await?.into_inner();
-        let t = c.ttl(TtlRequest { key: key.clone() }).await?.into_inner();
-        let after_ms = now_ms();
-        // Read again if the key changed state between the two calls (it expired in between).
-        let value = g.found.then_some(g.value);
-        let expire_at = if value.is_none() {
-            -2
-        } else {
-            t.expire_at_unix_ms
-        };
-        let o = Observed {
-            value,
-            expire_at,
-            before_ms,
-            after_ms,
+        // Get and Ttl are two calls: if the key expires between them they disagree (found, then
+        // -2). Read again until they agree, or the key would be taken for persistent.
+        let o = loop {
+            let before_ms = now_ms();
+            let g = c.get(GetRequest { key: key.clone() }).await?.into_inner();
+            let t = c.ttl(TtlRequest { key: key.clone() }).await?.into_inner();
+            let after_ms = now_ms();
+            if g.found == (t.expire_at_unix_ms != -2) {
+                let value = g.found.then_some(g.value);
+                break Observed { value, expire_at: t.expire_at_unix_ms, before_ms, after_ms };
+            }
         };
         model.lock().unwrap().check_owned(&key, &o, cycle, report);
     }
