@@ -267,4 +267,38 @@ mod tests {
         assert_eq!(parse(b"\r\n").unwrap(), Some(vec![]));
         assert_eq!(parse(b"incr k").unwrap(), None);
     }
+
+    /// Random bytes and random mutations of valid requests never panic, and every result is a
+    /// command, "need more", or a protocol error.
+    #[test]
+    fn junk_never_panics() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let valid = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\nINCR k\r\n".to_vec();
+        for i in 0..20_000 {
+            let mut input = if i % 2 == 0 {
+                (0..rnd() % 64).map(|_| rnd() as u8).collect::<Vec<u8>>()
+            } else {
+                let mut v = valid.clone();
+                for _ in 0..1 + rnd() % 4 {
+                    let at = (rnd() as usize) % v.len();
+                    v[at] = rnd() as u8;
+                }
+                v
+            };
+            input.truncate((rnd() as usize) % (input.len() + 1));
+            let mut buf = BytesMut::from(&input[..]);
+            for _ in 0..8 {
+                match next(&mut buf) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+    }
 }

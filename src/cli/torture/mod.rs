@@ -368,7 +368,12 @@ async fn verify(
             let after_ms = now_ms();
             if g.found == (t.expire_at_unix_ms != -2) {
                 let value = g.found.then_some(g.value);
-                break Observed { value, expire_at: t.expire_at_unix_ms, before_ms, after_ms };
+                break Observed {
+                    value,
+                    expire_at: t.expire_at_unix_ms,
+                    before_ms,
+                    after_ms,
+                };
             }
         };
         model.lock().unwrap().check_owned(&key, &o, cycle, report);
