@@ -195,20 +195,8 @@ fn the_binary_refuses_a_corrupt_wal_with_a_clear_error() {
     let mut bad = seg.clone();
     bad[ends[0] + 20] ^= 4;
     std::fs::write(&path, &bad).unwrap();
-    let out = std::process::Command::new(common::bin())
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--resp-addr",
-            "off",
-            "--data-dir",
-        ])
-        .arg(d.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, err) = common::serve_to_exit(d.path(), "off");
+    assert!(!ok);
     assert!(
         err.contains("corruption") && err.contains(&format!("offset {}", ends[0])),
         "{err}"
@@ -364,26 +352,11 @@ fn a_second_server_on_the_same_directory_is_refused() {
     let _p = Proc::start(d.path(), &[]);
     let before: Vec<_> = walk(d.path());
     let t = Instant::now();
-    let out = std::process::Command::new(common::bin())
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--resp-addr",
-            "off",
-            "--data-dir",
-        ])
-        .arg(d.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let (ok, out, err) = common::serve_to_exit(d.path(), "off");
+    assert!(!ok);
     assert!(t.elapsed() < Duration::from_secs(5));
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use by another tally process"), "{err}");
-    assert!(
-        out.stdout.is_empty(),
-        "the second server must not start serving"
-    );
+    assert!(out.is_empty(), "the second server must not start serving");
     assert_eq!(
         walk(d.path()),
         before,

@@ -225,20 +225,8 @@ fn resp_addr_in_use_is_a_clear_error_and_off_disables_it() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().to_string();
     let d = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(common::bin())
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--resp-addr",
-            &port,
-            "--data-dir",
-        ])
-        .arg(d.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, err) = common::serve_to_exit(d.path(), &port);
+    assert!(!ok);
     assert!(
         err.contains(&format!("cannot listen for RESP on {port}"))
             && err.contains("--resp-addr off"),

@@ -261,7 +261,7 @@ impl Engine {
 
     /// Redis SET with its options (see [`SetOptions`]).
     pub fn set(&self, key: &[u8], value: &[u8], opts: &SetOptions) -> Result<Ack<SetOutcome>> {
-        self.run(&[key], |tx| tx.set(key, value, opts))
+        self.run(&[key], |tx| tx.set(key, value, opts, "set"))
     }
 
     /// Redis DEL: removes the keys atomically (one record) and counts those that existed;

@@ -128,8 +128,15 @@ impl<'e> Tx<'e> {
         Ok(v)
     }
 
-    /// SET with options; see [`SetOptions`].
-    pub fn set(&mut self, key: &[u8], value: &[u8], opts: &SetOptions) -> Result<SetOutcome> {
+    /// SET with options; see [`SetOptions`]. `cmd` names the command in an expiry error
+    /// (`set`, `setex`, `psetex`, …).
+    pub fn set(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        opts: &SetOptions,
+        cmd: &'static str,
+    ) -> Result<SetOutcome> {
         config::check_value(value)?;
         if opts.nx && opts.xx {
             return Err(Error::InvalidArgument(
@@ -143,7 +150,7 @@ impl<'e> Tx<'e> {
         }
         let deadline = opts
             .expiry
-            .map(|e| e.resolve_for_set(self.now, "set"))
+            .map(|e| e.resolve_for_set(self.now, cmd))
             .transpose()?;
         let cur = self.entry(key)?;
         let exists = cur.is_some();

@@ -433,11 +433,7 @@ impl Cmd {
                 reply,
                 cmd,
             } => {
-                if let Some(e) = opts.expiry {
-                    // Checked here so the error names the command the client sent.
-                    e.resolve_for_set(tx.now(), cmd)?;
-                }
-                let out = tx.set(key, value, opts)?;
+                let out = tx.set(key, value, opts, cmd)?;
                 match reply {
                     SetReply::Set if opts.get => Reply::opt(out.old),
                     SetReply::Set if out.applied => Reply::Ok,

@@ -88,6 +88,25 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tally")
 }
 
+/// Runs `tally serve` on `dir` with ports 0 and `--resp-addr resp`, expecting it to exit on its
+/// own (a refused start). Returns (succeeded, stdout, stderr).
+pub fn serve_to_exit(dir: &Path, resp: &str) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--resp-addr",
+            resp,
+            "--data-dir",
+        ])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
 impl Proc {
     pub fn start(dir: &Path, extra: &[&str]) -> Proc {
         let mut child = Command::new(bin())
