@@ -447,3 +447,83 @@ async fn periodic_fsync_survives_a_killed_process() {
     }
     assert_eq!(total, 500);
 }
+
+/// After a restart the key census runs in the background while clients write. Writes land on
+/// both sides of its cursor (keys it has counted and keys it has not reached); the counts it
+/// ends with must equal what is really stored, and a fresh census after another restart must
+/// agree.
+#[test]
+fn key_counts_are_exact_when_writes_race_the_startup_census() {
+    use tally::engine::{Condition, Expiry, SetOptions};
+    const N: usize = 40_000;
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = SetOptions {
+        expiry: Some(Expiry::In(3_600_000)),
+        ..Default::default()
+    };
+    let key = |i: usize| format!("k{i:06}").into_bytes();
+    {
+        let e = open(dir.path()).unwrap();
+        for i in 0..N {
+            if i % 4 == 0 {
+                let _ = e.set(&key(i), b"1", &ttl).unwrap();
+            } else {
+                let _ = e.incr(&key(i), 1).unwrap();
+            }
+        }
+        e.close().unwrap();
+    }
+    // One key per census step, so the census is still running while the writes below go on.
+    let mut config = Config::new(dir.path());
+    config.census_step_keys = 1;
+    let e = Engine::open(config, Arc::new(SystemClock)).unwrap();
+    // Model of the stored keys: (exists, has ttl) per key.
+    let mut keys: BTreeMap<Vec<u8>, bool> = (0..N).map(|i| (key(i), i % 4 == 0)).collect();
+    // Spread over the whole key space, in an order that is not the census's.
+    for i in (0..N).rev().step_by(7) {
+        match i % 5 {
+            0 => {
+                let _ = e.delete(&[key(i)]).unwrap();
+                keys.remove(&key(i));
+            }
+            1 => {
+                let k = [key(i), b"new".to_vec()].concat();
+                let _ = e.set(&k, b"5", &ttl).unwrap();
+                keys.insert(k, true);
+            }
+            2 => {
+                let _ = e.persist(&key(i)).unwrap();
+                keys.insert(key(i), false);
+            }
+            3 => {
+                let _ = e
+                    .expire(&key(i), Expiry::In(60_000), Condition::None)
+                    .unwrap();
+                keys.insert(key(i), true);
+            }
+            _ => {
+                let _ = e.incr(&[key(i), b"n".to_vec()].concat(), 1).unwrap();
+                keys.insert([key(i), b"n".to_vec()].concat(), false);
+            }
+        }
+    }
+    let want = (
+        keys.len() as u64,
+        keys.values().filter(|t| **t).count() as u64,
+    );
+    let s = e.stats();
+    assert_eq!(
+        (s.keys, s.keys_with_ttl),
+        want,
+        "counts with writes during the census"
+    );
+    e.close().unwrap();
+    drop(e);
+    let e = open(dir.path()).unwrap();
+    let s = e.stats();
+    assert_eq!(
+        (s.keys, s.keys_with_ttl),
+        want,
+        "counts from a fresh census"
+    );
+}

@@ -44,6 +44,10 @@ pub struct Args {
     /// Checkpoint at least this often (seconds) while there are new writes.
     #[arg(long, default_value_t = config::DEFAULT_CHECKPOINT_INTERVAL.as_secs())]
     checkpoint_interval_secs: u64,
+    /// Size of sled's page cache in bytes (sled's own accounting; the process's real memory
+    /// for it is about 4x this). Keys that do not fit are read back from the OS page cache.
+    #[arg(long, default_value_t = config::DEFAULT_CACHE_BYTES)]
+    cache_bytes: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -73,6 +77,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     config.segment_bytes = a.wal_segment_bytes.max(1024);
     config.checkpoint_bytes = a.checkpoint_bytes;
+    config.cache_bytes = a.cache_bytes;
     config.checkpoint_interval = std::time::Duration::from_secs(a.checkpoint_interval_secs.max(1));
     if matches!(a.fsync, Fsync::Periodic) {
         tracing::warn!(
@@ -82,6 +87,13 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Test seams (see `tally::fault`); unset in normal use.
     config.faults = Arc::new(tally::fault::Faults::from_env());
     let engine = Engine::open(config, Arc::new(SystemClock))?;
+    // Replay allocates and frees the WAL tail's ops in batches; hand the freed pages back
+    // rather than carry them in RSS for the life of the process.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap memory; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let grpc = tokio::net::TcpListener::bind(a.grpc_addr)

@@ -10,8 +10,9 @@
 //! it was the largest cost per request. Crash atomicity does not need it: a record is applied to
 //! sled only after it is in the WAL buffer, and after a crash every record newer than the
 //! checkpoint is replayed whole. A crash can still leave sled with half of an unacknowledged
-//! record (a value without its index entry, or the reverse), so [`Store::reconcile`] repairs the
-//! index at startup, and the sweeper treats an index entry as a hint that it re-checks.
+//! record. `apply` orders its inserts so that the only possible leftover is a stale index entry,
+//! which the sweeper treats as a hint that it re-checks; the engine's startup census
+//! ([`Store::census_step`]) counts the keys and would also add a missing entry.
 //! A value is one sled entry, so a reader of one key sees a record's effect on it whole; a
 //! reader that needs several keys at one instant must hold their stripe locks (engine).
 //!
@@ -50,6 +51,19 @@ pub struct Delta {
     pub ttl_keys: i64,
 }
 
+/// What one [`Store::census_step`] saw.
+#[derive(Debug, Default)]
+pub struct CensusStep {
+    /// Values counted.
+    pub keys: i64,
+    /// Of those, values with a deadline.
+    pub ttl_keys: i64,
+    /// Index entries that were missing and were added.
+    pub repaired: u64,
+    /// The last key counted; `None` when there was nothing after `after`.
+    pub last: Option<Vec<u8>>,
+}
+
 /// The sled-backed store.
 pub struct Store {
     db: sled::Db,
@@ -70,6 +84,15 @@ fn ttl_key(deadline_ms: i64, key: &[u8]) -> Vec<u8> {
     k.extend_from_slice(&(deadline_ms as u64).to_be_bytes());
     k.extend_from_slice(key);
     k
+}
+
+/// Just the deadline of a stored entry, without copying the value.
+fn decode_deadline(raw: &[u8]) -> Result<Option<i64>> {
+    let d = raw.get(..8).ok_or_else(|| {
+        Error::Corruption(format!("stored value of {} bytes is too short", raw.len()))
+    })?;
+    let d = i64::from_le_bytes(d.try_into().unwrap());
+    Ok((d != 0).then_some(d))
 }
 
 fn decode_entry(raw: &[u8]) -> Result<Entry> {
@@ -98,13 +121,18 @@ impl Store {
     /// if sled's own file lock is still held it can only be by a previous store of this process
     /// that is being dropped: sled's IO threads release their references a moment after the
     /// `Db` goes. We retry for up to [`OPEN_RETRY`] rather than fail.
-    pub fn open(path: &Path) -> Result<Store> {
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Store> {
         let started = std::time::Instant::now();
         loop {
             // No background flusher: durability comes from the WAL and from `sync` at
             // checkpoints, and sled's periodic flush (pwrite + sync_file_range every 500 ms)
             // cost more CPU and disk time than the whole request path under load.
-            match sled::Config::new().path(path).flush_every_ms(None).open() {
+            match sled::Config::new()
+                .path(path)
+                .flush_every_ms(None)
+                .cache_capacity(cache_bytes)
+                .open()
+            {
                 Ok(db) => {
                     return Ok(Store {
                         db,
@@ -142,16 +170,19 @@ impl Store {
                 Op::Put {
                     value, deadline_ms, ..
                 } => {
-                    let old = self.db.insert(&vkey, encode_entry(value, *deadline_ms))?;
+                    // Index entry first, value second, old entry last: sled recovers a prefix
+                    // of its writes, so after any crash a value with a deadline has its index
+                    // entry, and the only possible leftover is a stale entry (a hint the
+                    // sweeper re-checks and drops).
                     if let Some(d) = deadline_ms {
                         self.db.insert(ttl_key(*d, key), &[][..])?;
                     }
-                    old
+                    self.db.insert(&vkey, encode_entry(value, *deadline_ms))?
                 }
                 Op::Delete { .. } => self.db.remove(&vkey)?,
             };
             let old_deadline = match &old {
-                Some(raw) => decode_entry(raw)?.deadline_ms,
+                Some(raw) => decode_deadline(raw)?,
                 None => None,
             };
             let new_deadline = match op {
@@ -169,33 +200,34 @@ impl Store {
         Ok(delta)
     }
 
-    /// Startup pass: counts keys and keys with a TTL, and makes the TTL index match the values
-    /// exactly (see the module doc for how a crash can leave them apart). Returns
-    /// `(keys, keys_with_ttl)`.
-    pub fn reconcile(&self) -> Result<(u64, u64)> {
-        let (mut keys, mut ttl) = (0, 0);
-        for r in self.db.scan_prefix([VALUE]) {
+    /// One step of the startup census: counts the values with keys after `after` (all when
+    /// `None`), up to `limit` of them, and adds any index entry a value with a deadline lacks
+    /// (the belt to `apply`'s ordering braces). Stale index entries are left to the sweeper.
+    pub fn census_step(&self, after: Option<&[u8]>, limit: usize) -> Result<CensusStep> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(k) => Bound::Excluded(value_key(k)),
+            None => Bound::Included(vec![VALUE]),
+        };
+        let mut step = CensusStep::default();
+        for r in self
+            .db
+            .range::<Vec<u8>, _>((start, Bound::Excluded(vec![VALUE + 1])))
+            .take(limit)
+        {
             let (k, raw) = r?;
-            keys += 1;
-            if let Some(d) = decode_entry(&raw)?.deadline_ms {
-                ttl += 1;
+            step.keys += 1;
+            if let Some(d) = decode_deadline(&raw)? {
+                step.ttl_keys += 1;
                 let tk = ttl_key(d, &k[1..]);
                 if !self.db.contains_key(&tk)? {
                     self.db.insert(tk, &[][..])?;
+                    step.repaired += 1;
                 }
             }
+            step.last = Some(k[1..].to_vec());
         }
-        for r in self.db.scan_prefix([TTL]) {
-            let (tk, _) = r?;
-            let (key, d) = (
-                &tk[9..],
-                u64::from_be_bytes(tk[1..9].try_into().unwrap()) as i64,
-            );
-            if self.get(key)?.and_then(|e| e.deadline_ms) != Some(d) {
-                self.db.remove(&tk)?;
-            }
-        }
-        Ok((keys, ttl))
+        Ok(step)
     }
 
     /// Up to `limit` TTL-index entries with a deadline strictly before `before_ms`, earliest
