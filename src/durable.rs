@@ -1,6 +1,8 @@
 //! The async edge of the WAL's acknowledgement: `acked(engine, lsn).await` resolves once the
 //! group commit covering `lsn` is done. Shared by the gRPC and RESP servers, which must not
-//! import each other. The WAL writer completes a oneshot channel; nothing blocks a tokio worker.
+//! import each other. Under load the WAL writer thread completes a oneshot channel. When the log
+//! is idle the caller commits inline: it blocks its tokio worker for one write + fsync (~150 µs
+//! here), which is cheaper than two thread wake-ups, and only happens when nothing else waits.
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -9,6 +11,9 @@ use crate::error::{Error, Result};
 pub async fn acked(engine: &Engine, lsn: u64) -> Result<()> {
     if engine.is_acked(lsn) {
         return Ok(());
+    }
+    if let Some(r) = engine.commit_inline(lsn) {
+        return r;
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
     engine.notify(lsn, Box::new(move |r| drop(tx.send(r))));

@@ -136,3 +136,98 @@ async fn enospc_refuses_writes_loses_nothing_and_heals_when_space_returns() {
     s.stop().await;
     assert_eq!(value(&reopen(d.path()), "n"), Some(acked.to_string()));
 }
+
+fn wal_config(dir: &std::path::Path, faults: &Arc<Faults>) -> tally::wal::WalConfig {
+    tally::wal::WalConfig {
+        dir: dir.to_path_buf(),
+        segment_bytes: 1 << 20,
+        fsync: tally::wal::FsyncMode::Always,
+        faults: faults.clone(),
+    }
+}
+
+fn put(key: &str) -> Vec<tally::wal::Op> {
+    vec![tally::wal::Op::Put {
+        key: key.as_bytes().to_vec(),
+        value: b"1".to_vec(),
+        deadline_ms: None,
+    }]
+}
+
+/// Replays the WAL in `dir` and returns the keys of its records, in order.
+fn logged_keys(dir: &std::path::Path) -> Vec<String> {
+    let mut keys = Vec::new();
+    let (wal, _) = tally::wal::Wal::open(wal_config(dir, &Arc::default()), 0, &mut |r| {
+        keys.extend(
+            r.ops
+                .iter()
+                .map(|op| String::from_utf8(op.key().to_vec()).unwrap()),
+        );
+        Ok(())
+    })
+    .unwrap();
+    drop(wal);
+    keys
+}
+
+/// A lone waiter on an idle log writes and fsyncs the batch itself (no hand-off to the writer
+/// thread); the inline path keeps the log's rules: fail-stop on a failed fsync, and on ENOSPC
+/// the batch goes back to the writer thread, which retries it once space returns.
+#[test]
+fn inline_commit_is_durable_fail_stop_and_hands_enospc_to_the_writer() {
+    use tally::error::Error;
+    use tally::wal::Wal;
+    let noop = &mut |_| Ok(());
+
+    // Durable, and acknowledged on return.
+    let d = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let (wal, _) = Wal::open(wal_config(d.path(), &faults), 0, noop).unwrap();
+    // Right after open the writer thread may not be parked yet: until it is, callers wait.
+    let lead = |lsn| {
+        let t = Instant::now();
+        loop {
+            match wal.commit_inline(lsn) {
+                Some(r) => return r,
+                None if t.elapsed() < Duration::from_secs(5) => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                None => panic!("the idle log never let a waiter lead"),
+            }
+        }
+    };
+    let lsn = wal.append(&put("a")).unwrap();
+    assert!(!wal.is_acked(lsn));
+    lead(lsn).unwrap();
+    assert!(wal.is_acked(lsn));
+    assert!(
+        matches!(wal.commit_inline(lsn), Some(Ok(()))),
+        "already acked"
+    );
+
+    // ENOSPC: nothing is lost; new appends are refused until the writer's retry succeeds.
+    faults.set_enospc(true);
+    std::thread::sleep(Duration::from_millis(50)); // let the writer park again
+    let lsn = wal.append(&put("b")).unwrap();
+    assert!(
+        wal.commit_inline(lsn).is_none(),
+        "handed to the writer thread"
+    );
+    assert!(matches!(wal.append(&put("x")), Err(Error::NoSpace)));
+    faults.set_enospc(false);
+    wal.wait(lsn).unwrap();
+    let lsn = wal.append(&put("c")).unwrap();
+    lead(lsn).unwrap();
+
+    // A failed fsync: this waiter and every later one get Unavailable; no retry.
+    faults.set_fsync_error(true);
+    let lsn = wal.append(&put("lost")).unwrap();
+    let r = lead(lsn);
+    assert!(matches!(r, Err(Error::Unavailable(_))), "{r:?}");
+    faults.set_fsync_error(false);
+    assert!(matches!(wal.append(&put("y")), Err(Error::Unavailable(_))));
+    assert!(matches!(wal.wait(lsn), Err(Error::Unavailable(_))));
+    drop(wal);
+    let keys = logged_keys(d.path());
+    assert_eq!(&keys[..3], ["a", "b", "c"], "{keys:?}");
+}

@@ -368,6 +368,12 @@ impl Engine {
         self.wal.is_acked(lsn)
     }
 
+    /// Commits `lsn` on the calling thread if the WAL is idle; see [`Wal::commit_inline`].
+    /// Blocks for one write + fsync when it does.
+    pub fn commit_inline(&self, lsn: u64) -> Option<Result<()>> {
+        self.wal.commit_inline(lsn)
+    }
+
     /// Blocks until `lsn` is acknowledged.
     pub fn wait(&self, lsn: u64) -> Result<()> {
         self.wal.wait(lsn)

@@ -7,9 +7,12 @@
 //! restarts (the next LSN is one past the newest found in the WAL or the checkpoint).
 //!
 //! Group commit: appenders encode their record into a shared buffer under a mutex (no I/O there)
-//! and return at once; one writer thread swaps the buffer out, writes it with one `write`, and
-//! fsyncs once for the whole batch. While it waits on the disk the next batch fills up, so the
-//! batch size follows the load without a timer.
+//! and return at once; a writer swaps the buffer out, writes it with one `write`, and fsyncs
+//! once for the whole batch. While it waits on the disk the next batch fills up, so the batch
+//! size follows the load without a timer. The writer is normally the writer thread, woken by
+//! the first waiter (not by appends). When the log is idle, a lone waiter leads the batch on its
+//! own thread instead ([`Wal::commit_inline`]): one client then pays one write + fsync and no
+//! thread hand-offs. Whoever holds the `io` lock is the writer.
 //!
 //! Fail-stop: if an fsync (or a write, for any reason but a full disk) fails, every pending and
 //! future waiter gets `Error::Unavailable`. We never retry an fsync: after a failed fsync Linux
@@ -82,6 +85,10 @@ struct Shared {
     segments: Mutex<Vec<SegmentInfo>>,
     /// Sum of the segments' lengths, readable without a lock (the checkpointer polls it).
     disk_bytes: AtomicU64,
+    /// The acknowledged LSN (`State::acked`), readable without the state lock.
+    acked_lsn: AtomicU64,
+    /// The active segment: whoever holds this lock is the writer (see `writer::Io`).
+    io: Mutex<writer::Io>,
     dir: PathBuf,
     config: WalConfig,
 }
@@ -96,9 +103,10 @@ struct State {
     failed: Option<String>,
     /// The last write hit ENOSPC: refuse new appends until a retry succeeds.
     no_space: bool,
-    /// The writer is blocked on `work` waiting for records. Appenders wake it only then: while
-    /// it is busy writing or in fsync it looks at the buffer again by itself, and skipping the
-    /// futex wake on every append saves a syscall per write under load.
+    /// The writer thread is blocked on `work` waiting for records. Appending never wakes it;
+    /// the first waiter does (`notify`, `wait`), and only then: while it is busy writing or in
+    /// fsync it looks at the buffer again by itself, which saves a futex wake per write under
+    /// load, and an idle log lets a lone waiter commit inline (`Wal::commit_inline`).
     writer_idle: bool,
     closed: bool,
     waiters: BTreeMap<u64, Vec<Waiter>>,
@@ -152,6 +160,7 @@ impl Wal {
                 let _ = std::fs::remove_file(s.path.with_extension("synced"));
             }
         }
+        let last_lsn = rec.last_lsn;
         let active = match segments.last() {
             Some(last) => writer::Active::new(segment::open_append(last)?, last)?,
             None => {
@@ -182,6 +191,11 @@ impl Wal {
             work: Condvar::new(),
             acked: Condvar::new(),
             disk_bytes: AtomicU64::new(segments.iter().map(|s| s.len).sum()),
+            acked_lsn: AtomicU64::new(last_lsn),
+            io: Mutex::new(writer::Io {
+                active,
+                spare: Vec::with_capacity(1 << 16),
+            }),
             segments: Mutex::new(segments),
             dir: config.dir.clone(),
             config,
@@ -189,7 +203,7 @@ impl Wal {
         let s = shared.clone();
         let handle = std::thread::Builder::new()
             .name("tally-wal".into())
-            .spawn(move || writer::run(s, active))
+            .spawn(move || writer::run(s))
             .map_err(|e| Error::io("spawning the WAL writer thread", e))?;
         Ok((
             Wal {
@@ -230,11 +244,6 @@ impl Wal {
         let lsn = st.next_lsn;
         st.next_lsn += 1;
         record::encode(&mut st.buf, lsn, ops);
-        let wake = st.writer_idle;
-        drop(st);
-        if wake {
-            self.shared.work.notify_one();
-        }
         Ok(lsn)
     }
 
@@ -248,9 +257,16 @@ impl Wal {
         self.lock().next_lsn - 1
     }
 
-    /// True if `lsn` is already acknowledged.
+    /// True if `lsn` is already acknowledged. Lock-free.
     pub fn is_acked(&self, lsn: u64) -> bool {
-        self.lock().acked(self.shared.config.fsync) >= lsn
+        self.shared.acked_lsn.load(Ordering::Acquire) >= lsn
+    }
+
+    /// Makes `lsn` acknowledged by writing (and fsyncing) the buffer on the calling thread, if
+    /// the log is idle and nobody else waits; `None` if it did not (then use `notify` or
+    /// `wait`). See `writer::commit_inline`.
+    pub fn commit_inline(&self, lsn: u64) -> Option<Result<()>> {
+        writer::commit_inline(&self.shared, lsn)
     }
 
     /// Blocks until `lsn` is acknowledged, or fails if the log has failed.
@@ -263,6 +279,9 @@ impl Wal {
             }
             if let Some(m) = &st.failed {
                 return Err(Error::Unavailable(m.clone()));
+            }
+            if st.writer_idle {
+                self.shared.work.notify_one();
             }
             st = self
                 .shared
@@ -286,6 +305,10 @@ impl Wal {
             return w(Err(Error::Unavailable(m)));
         }
         st.waiters.entry(lsn).or_default().push(w);
+        if st.writer_idle {
+            drop(st);
+            self.shared.work.notify_one();
+        }
     }
 
     /// Deletes sealed segments whose records all have LSN <= `lsn`. The caller promises that the

@@ -18,6 +18,8 @@ use super::{FsyncMode, SegmentInfo, Shared, segment};
 use crate::error::{Error, Result};
 use crate::fault::{self, Faults, Point};
 
+/// How often an idle writer looks for records that nobody is waiting for.
+const IDLE_TICK: Duration = Duration::from_millis(10);
 /// Wait between retries of a write that hit ENOSPC.
 const NO_SPACE_RETRY: Duration = Duration::from_millis(100);
 
@@ -102,19 +104,34 @@ impl Active {
     }
 }
 
-/// The group-commit loop.
-pub(super) fn run(shared: Arc<Shared>, mut active: Active) {
+/// What the writer owns between batches: the active segment and the spare buffer swapped
+/// with the appenders' one. Behind `Shared::io`, so whoever holds that lock is the only writer:
+/// normally the writer thread, and, when the log is idle, a waiter leading one batch itself
+/// ([`commit_inline`]).
+pub(super) struct Io {
+    pub(super) active: Active,
+    pub(super) spare: Vec<u8>,
+}
+
+/// The group-commit loop of the writer thread.
+pub(super) fn run(shared: Arc<Shared>) {
     let mode = shared.config.fsync;
-    let faults = &shared.config.faults;
-    let mut spare: Vec<u8> = Vec::with_capacity(1 << 16);
     let mut last_sync = Instant::now();
     loop {
-        let (batch_last, closing) = {
+        {
             let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-            while st.buf.is_empty() && !st.closed {
+            while st.buf.is_empty() && !st.closed && st.failed.is_none() {
                 st.writer_idle = true;
                 st = match mode {
-                    FsyncMode::Always => shared.work.wait(st).unwrap_or_else(|p| p.into_inner()),
+                    // Appends do not wake the writer (waiters do), so records nobody waits
+                    // for (the sweeper's, say) are picked up by this tick.
+                    FsyncMode::Always => {
+                        shared
+                            .work
+                            .wait_timeout(st, IDLE_TICK)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
+                    }
                     FsyncMode::Periodic(every) => {
                         if st.written > st.synced && last_sync.elapsed() >= every {
                             break;
@@ -128,69 +145,185 @@ pub(super) fn run(shared: Arc<Shared>, mut active: Active) {
                 };
             }
             st.writer_idle = false;
-            std::mem::swap(&mut st.buf, &mut spare);
-            (st.next_lsn - 1, st.closed)
+            if st.failed.is_some() {
+                return; // an inline leader failed the log
+            }
+        }
+        let mut io = shared.io.lock().unwrap_or_else(|p| p.into_inner());
+        let sync_due = match mode {
+            FsyncMode::Always => true,
+            FsyncMode::Periodic(every) => last_sync.elapsed() >= every,
         };
-        let had_data = !spare.is_empty();
-        if had_data {
-            if let Err(msg) = write_batch(&shared, &mut active, &spare) {
-                return fail(&shared, msg);
+        match commit(&shared, &mut io, sync_due, true) {
+            Ok(Committed { synced, closing }) => {
+                if synced {
+                    last_sync = Instant::now();
+                }
+                if closing {
+                    return;
+                }
             }
-            fault::point(Point::WalAfterWrite);
-        }
-        spare.clear();
-        let want_sync = match mode {
-            FsyncMode::Always => had_data || closing,
-            FsyncMode::Periodic(every) => closing || last_sync.elapsed() >= every,
-        };
-        if want_sync {
-            if let Err(e) = active.sync(faults, true) {
-                // Never retried: after a failed fsync the kernel may have dropped the pages.
-                return fail(
-                    &shared,
-                    format!("WAL fdatasync failed: {e}; refusing further writes"),
-                );
-            }
-            last_sync = Instant::now();
-            if had_data {
-                fault::point(Point::WalAfterFsync);
-            }
-        }
-        let ready = {
-            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-            st.written = batch_last;
-            if want_sync {
-                st.synced = batch_last;
-            }
-            let acked = st.acked(mode);
-            let rest = st.waiters.split_off(&(acked + 1));
-            std::mem::replace(&mut st.waiters, rest)
-        };
-        shared.acked.notify_all();
-        for w in ready.into_values().flatten() {
-            w(Ok(()));
-        }
-        if closing {
-            return;
-        }
-        if let Err(e) = maybe_roll(&shared, &mut active, batch_last) {
-            return fail(
-                &shared,
-                format!("WAL segment roll failed: {e}; refusing further writes"),
-            );
+            Err(msg) => return fail(&shared, msg),
         }
     }
 }
 
+/// What one [`commit`] did.
+struct Committed {
+    /// It ran an fsync.
+    synced: bool,
+    /// The log is closing: this was the final batch.
+    closing: bool,
+}
+
+/// One group commit, by whoever holds `Shared::io`: swaps the appenders' buffer out, writes it
+/// with one `write`, fsyncs if `sync_due` (always when closing), publishes the new positions,
+/// releases the waiters that covers, and rolls the segment if it is full. `retry_no_space`: a
+/// full disk is retried here (the writer thread); otherwise the batch is put back in front of
+/// the buffer for the writer thread to retry, and this returns at once.
+fn commit(
+    shared: &Shared,
+    io: &mut Io,
+    sync_due: bool,
+    retry_no_space: bool,
+) -> Result<Committed, String> {
+    let faults = &shared.config.faults;
+    let (batch_last, closing) = {
+        let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = &st.failed {
+            return Err(m.clone()); // failed by another leader: write nothing more
+        }
+        std::mem::swap(&mut st.buf, &mut io.spare);
+        (st.next_lsn - 1, st.closed)
+    };
+    let had_data = !io.spare.is_empty();
+    if had_data {
+        match write_batch(shared, &mut io.active, &io.spare, retry_no_space)? {
+            Written::Yes => {}
+            Written::NoSpace => {
+                // Put the batch back in front of whatever came in since; the writer retries.
+                let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                io.spare.extend_from_slice(&st.buf);
+                std::mem::swap(&mut st.buf, &mut io.spare);
+                io.spare.clear();
+                st.no_space = true;
+                drop(st);
+                shared.work.notify_one();
+                return Ok(Committed {
+                    synced: false,
+                    closing: false,
+                });
+            }
+        }
+        fault::point(Point::WalAfterWrite);
+    }
+    io.spare.clear();
+    let want_sync = match shared.config.fsync {
+        FsyncMode::Always => had_data || closing,
+        FsyncMode::Periodic(_) => sync_due || closing,
+    };
+    if want_sync {
+        // Never retried: after a failed fsync the kernel may have dropped the pages.
+        io.active
+            .sync(faults, true)
+            .map_err(|e| format!("WAL fdatasync failed: {e}; refusing further writes"))?;
+        if had_data {
+            fault::point(Point::WalAfterFsync);
+        }
+    }
+    let ready = {
+        let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.written = batch_last;
+        if want_sync {
+            st.synced = batch_last;
+        }
+        let acked = st.acked(shared.config.fsync);
+        shared.acked_lsn.store(acked, Ordering::Release);
+        let rest = st.waiters.split_off(&(acked + 1));
+        std::mem::replace(&mut st.waiters, rest)
+    };
+    shared.acked.notify_all();
+    for w in ready.into_values().flatten() {
+        w(Ok(()));
+    }
+    if !closing {
+        maybe_roll(shared, &mut io.active, batch_last)
+            .map_err(|e| format!("WAL segment roll failed: {e}; refusing further writes"))?;
+    }
+    Ok(Committed {
+        synced: want_sync,
+        closing,
+    })
+}
+
+/// Leads one group commit on the calling thread if the log is idle: `Always` mode, the writer
+/// thread parked, nobody else waiting, and no batch in flight. This is the one-client case:
+/// the record is written and fsync'd with no hand-off to the writer thread and back, which
+/// on this 2-core VM cost two thread wake-ups per request (about 100 µs). Under load someone
+/// is always waiting, so the writer thread keeps group commit off the callers' threads.
+/// Returns `None` when it did not lead (the caller then waits as usual).
+pub(super) fn commit_inline(shared: &Shared, lsn: u64) -> Option<Result<()>> {
+    {
+        let st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.acked(shared.config.fsync) >= lsn {
+            return Some(Ok(()));
+        }
+        if let Some(m) = &st.failed {
+            return Some(Err(Error::Unavailable(m.clone())));
+        }
+        if shared.config.fsync != FsyncMode::Always
+            || !st.writer_idle
+            || !st.waiters.is_empty()
+            || st.no_space
+            || st.closed
+        {
+            return None;
+        }
+    }
+    let mut io = shared.io.try_lock().ok()?;
+    let r = commit(shared, &mut io, true, false);
+    drop(io);
+    if let Err(msg) = r {
+        fail(shared, msg.clone());
+        shared.work.notify_all();
+        return Some(Err(Error::Unavailable(msg)));
+    }
+    // Records appended while we held `io` belong to the writer thread now. Checked after
+    // releasing `io`: an appender that found it held has registered a waiter by now, or will
+    // find it free and lead itself.
+    let st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    let acked = st.acked(shared.config.fsync) >= lsn;
+    if !st.buf.is_empty() && st.writer_idle {
+        shared.work.notify_one();
+    }
+    drop(st);
+    acked.then_some(Ok(()))
+}
+
+/// How [`write_batch`] ended when it did not fail the log.
+enum Written {
+    Yes,
+    /// Out of space and not asked to retry: nothing was written.
+    NoSpace,
+}
+
 /// Writes one batch. Out of space: the records are already applied, so they must not be
-/// dropped; new appends are refused (`Error::NoSpace`) and the write is retried until space
-/// returns. Any other error is fatal.
-fn write_batch(shared: &Shared, active: &mut Active, batch: &[u8]) -> Result<(), String> {
+/// dropped; new appends are refused (`Error::NoSpace`) and, if `retry`, the write is retried
+/// until space returns. Any other error is fatal.
+fn write_batch(
+    shared: &Shared,
+    active: &mut Active,
+    batch: &[u8],
+    retry: bool,
+) -> Result<Written, String> {
     let mut warned = false;
     loop {
         match active.write(&shared.config.faults, batch) {
             Ok(()) => break,
             Err(e) if e.kind() == io::ErrorKind::StorageFull => {
+                if !retry {
+                    return Ok(Written::NoSpace);
+                }
                 let closed = {
                     let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
                     st.no_space = true;
@@ -210,7 +343,13 @@ fn write_batch(shared: &Shared, active: &mut Active, batch: &[u8]) -> Result<(),
             Err(e) => return Err(format!("WAL write failed: {e}; refusing further writes")),
         }
     }
-    if warned {
+    if warned
+        || shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .no_space
+    {
         info!("WAL write succeeded again; accepting writes");
         shared
             .state
@@ -223,7 +362,7 @@ fn write_batch(shared: &Shared, active: &mut Active, batch: &[u8]) -> Result<(),
     shared
         .disk_bytes
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
-    Ok(())
+    Ok(Written::Yes)
 }
 
 /// Seals the active segment once it is full and starts the next one at `last + 1`.
@@ -252,9 +391,12 @@ fn maybe_roll(shared: &Shared, active: &mut Active, last: u64) -> Result<()> {
 }
 
 fn fail(shared: &Shared, msg: String) {
-    error!("{msg}");
     let waiters = {
         let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.failed.is_some() {
+            return; // the first failure stands and was reported
+        }
+        error!("{msg}");
         st.failed = Some(msg.clone());
         std::mem::take(&mut st.waiters)
     };
