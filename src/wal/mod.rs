@@ -30,7 +30,7 @@ mod writer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -87,6 +87,9 @@ struct Shared {
     disk_bytes: AtomicU64,
     /// The acknowledged LSN (`State::acked`), readable without the state lock.
     acked_lsn: AtomicU64,
+    /// Mirrors `State::writer_idle`, so that under load (writer busy) a waiter can skip
+    /// `commit_inline` without taking the state lock.
+    writer_parked: AtomicBool,
     /// The active segment: whoever holds this lock is the writer (see `writer::Io`).
     io: Mutex<writer::Io>,
     dir: PathBuf,
@@ -192,6 +195,7 @@ impl Wal {
             acked: Condvar::new(),
             disk_bytes: AtomicU64::new(segments.iter().map(|s| s.len).sum()),
             acked_lsn: AtomicU64::new(last_lsn),
+            writer_parked: AtomicBool::new(false),
             io: Mutex::new(writer::Io {
                 active,
                 spare: Vec::with_capacity(1 << 16),

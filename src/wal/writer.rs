@@ -122,6 +122,7 @@ pub(super) fn run(shared: Arc<Shared>) {
             let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
             while st.buf.is_empty() && !st.closed && st.failed.is_none() {
                 st.writer_idle = true;
+                shared.writer_parked.store(true, Ordering::Relaxed);
                 st = match mode {
                     // Appends do not wake the writer (waiters do), so records nobody waits
                     // for (the sweeper's, say) are picked up by this tick.
@@ -145,6 +146,7 @@ pub(super) fn run(shared: Arc<Shared>) {
                 };
             }
             st.writer_idle = false;
+            shared.writer_parked.store(false, Ordering::Relaxed);
             if st.failed.is_some() {
                 return; // an inline leader failed the log
             }
@@ -263,6 +265,9 @@ fn commit(
 /// is always waiting, so the writer thread keeps group commit off the callers' threads.
 /// Returns `None` when it did not lead (the caller then waits as usual).
 pub(super) fn commit_inline(shared: &Shared, lsn: u64) -> Option<Result<()>> {
+    if !shared.writer_parked.load(Ordering::Relaxed) {
+        return None; // busy: the writer thread will cover it (checked again under the lock)
+    }
     {
         let st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.acked(shared.config.fsync) >= lsn {
