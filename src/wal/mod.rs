@@ -113,6 +113,9 @@ struct State {
     writer_idle: bool,
     closed: bool,
     waiters: BTreeMap<u64, Vec<Waiter>>,
+    /// Threads blocked in `Wal::wait`: the writer signals `acked` only if there are any
+    /// (a condvar notify is a futex syscall even with nobody waiting).
+    blocked: usize,
 }
 
 impl State {
@@ -190,6 +193,7 @@ impl Wal {
                 writer_idle: false,
                 closed: false,
                 waiters: BTreeMap::new(),
+                blocked: 0,
             }),
             work: Condvar::new(),
             acked: Condvar::new(),
@@ -287,11 +291,13 @@ impl Wal {
             if st.writer_idle {
                 self.shared.work.notify_one();
             }
+            st.blocked += 1;
             st = self
                 .shared
                 .acked
                 .wait(st)
                 .unwrap_or_else(|p| p.into_inner());
+            st.blocked -= 1;
         }
     }
 

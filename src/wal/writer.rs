@@ -242,9 +242,11 @@ fn commit(
         let acked = st.acked(shared.config.fsync);
         shared.acked_lsn.store(acked, Ordering::Release);
         let rest = st.waiters.split_off(&(acked + 1));
+        if st.blocked > 0 {
+            shared.acked.notify_all();
+        }
         std::mem::replace(&mut st.waiters, rest)
     };
-    shared.acked.notify_all();
     for w in ready.into_values().flatten() {
         w(Ok(()));
     }
