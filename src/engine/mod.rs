@@ -12,7 +12,9 @@
 //! shows a value whose record could still be lost.
 //!
 //! Recovery: open sled, read the checkpoint LSN, replay every newer WAL record (physical, so
-//! idempotent). Checkpoint: note `L = wal.synced_lsn()` (never ahead of the durable log);
+//! idempotent; in sorted batches, see `Replay`), then serve while a background census counts
+//! the keys (see `Census`).
+//! Checkpoint: note `L = wal.synced_lsn()` (never ahead of the durable log);
 //! `Store::sync` (sled flush plus fsync of every sled file) makes all of `<= L` durable in sled;
 //! record `L` in `CHECKPOINT`; delete the segments at or below `L`. sled may hold effects of records newer than `L` (even of records
 //! that were never made durable and so never acknowledged): replay overwrites every key a newer
@@ -573,7 +575,10 @@ struct Census {
     cursor: Option<Vec<u8>>,
 }
 
-/// Ops replayed from the WAL per batch (a few MiB of keys and values at most).
+/// Ops replayed from the WAL per batch. A million small counters' ops take about 100 MiB while
+/// the batch lives (the server trims the heap after opening); a batch that covers the whole
+/// tail touches each sled leaf once: with the default 4 MiB cache, batches of 64k ops made
+/// replaying a million records take 1.65 s, one batch 1.1 s.
 const REPLAY_BATCH: usize = 1 << 20;
 
 /// Startup replay in batches. Ops are physical (the key's whole new state), so within a batch
