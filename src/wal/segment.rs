@@ -5,10 +5,17 @@
 //! LSNs exist without opening them. A segment is fsync'd before the next one is created, so only
 //! the newest segment can end in a torn write.
 //!
+//! The newest segment is zero-filled ahead of its records (see `writer`: an `fdatasync` that does
+//! not grow the file skips a journal commit), so a crash leaves its records, then perhaps the
+//! prefix of an unfinished write, then zeros. It is cut back to its records at startup, and a
+//! segment is cut back before it is sealed, so sealed segments hold records only.
+//!
 //! Damage rules at startup:
-//! - in the newest segment, an unfinished frame at the end, a final frame whose body fails its
-//!   checksum, or a zero-filled tail is a torn write: it is truncated with a warning that names the
-//!   segment and offset (nothing in it was acknowledged, since acks follow the fsync);
+//! - in the newest segment, a tail of zeros is unused space (truncated quietly); an unfinished
+//!   frame at the end, or a bad frame followed by nothing but zeros (a write cut short: its
+//!   header, or its body, with zeros where the rest was to go) is a torn write: it is truncated
+//!   with a warning that names the segment and offset (nothing in it was acknowledged, since
+//!   acks follow the fsync);
 //! - anything else (a bad frame with data after it, damage in a sealed segment, an LSN that is not
 //!   the previous plus one, a missing segment) is corruption, and startup stops.
 
@@ -16,9 +23,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use tracing::warn;
+use tracing::{debug, warn};
 
-use super::record::{self, Frame, Record};
+use super::record::{self, FRAME_HEADER, Frame, Record};
 use crate::error::{Error, Result};
 
 /// First bytes of every segment; the digit is the format version.
@@ -173,8 +180,8 @@ pub fn recover(
                     continue;
                 }
                 Frame::Incomplete => is_last,
-                Frame::BadHeader => is_last && rest.iter().all(|&b| b == 0),
-                Frame::BadBody(_, n) => is_last && n == rest.len(),
+                Frame::BadHeader => is_last && zeros(&rest[FRAME_HEADER.min(rest.len())..]),
+                Frame::BadBody(_, n) => is_last && zeros(&rest[n..]),
             };
             if !torn {
                 let what = match record::decode(rest) {
@@ -184,12 +191,16 @@ pub fn recover(
                 };
                 return Err(record::corruption(&seg_name, off as u64, &what));
             }
-            warn!(
-                segment = %seg_name,
-                offset = off,
-                dropped_bytes = rest.len(),
-                "truncating torn WAL tail (an unfinished write; it was never acknowledged)"
-            );
+            if zeros(rest) {
+                debug!(segment = %seg_name, offset = off, "cutting unused preallocated WAL space");
+            } else {
+                warn!(
+                    segment = %seg_name,
+                    offset = off,
+                    dropped_bytes = rest.len(),
+                    "truncating torn WAL tail (an unfinished write; it was never acknowledged)"
+                );
+            }
             truncate(seg, off as u64)?;
             break;
         }
@@ -203,6 +214,10 @@ pub fn recover(
         wal_end,
         replayed,
     })
+}
+
+fn zeros(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
 }
 
 fn truncate(seg: &mut SegmentInfo, len: u64) -> Result<()> {
@@ -230,10 +245,11 @@ fn rewrite_header(seg: &mut SegmentInfo) -> Result<()> {
     Ok(())
 }
 
-/// Opens an existing segment for appending at its end.
+/// Opens an existing segment for writing; the writer writes at explicit offsets (never
+/// `O_APPEND`, which would put records after the preallocated zeros).
 pub fn open_append(seg: &SegmentInfo) -> Result<File> {
     OpenOptions::new()
-        .append(true)
+        .write(true)
         .open(&seg.path)
         .map_err(|e| Error::io(format!("opening {}", seg.path.display()), e))
 }

@@ -7,7 +7,7 @@
 //! ENOSPC retry) is described in the parent module.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -23,11 +23,21 @@ const IDLE_TICK: Duration = Duration::from_millis(10);
 /// Wait between retries of a write that hit ENOSPC.
 const NO_SPACE_RETRY: Duration = Duration::from_millis(100);
 
-/// The segment being appended to; owned by the writer thread.
+/// Zero-fill this far ahead of the records. An `fdatasync` after a write that grows the file
+/// must also commit the new size to the ext4 journal; one that overwrites blocks already
+/// written does not. Measured here: 64-byte write + fdatasync p50 120 µs appending, 84-95 µs
+/// into a zero-filled file. So the file grows once per MiB, not once per batch.
+const PREALLOC: u64 = 1 << 20;
+/// Zeros to fill with.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+/// The segment being appended to; owned by whoever holds `Shared::io`.
 pub(super) struct Active {
     file: File,
-    /// Bytes written (and not rolled back).
+    /// Bytes of records written (and not rolled back): where the next record goes.
     len: u64,
+    /// The file's length: `len` plus the zero-filled space ahead of it.
+    allocated: u64,
     /// Bytes covered by a real fsync.
     synced_len: u64,
     /// Power-loss simulation only: `<segment>.synced`, holding the fsynced length.
@@ -39,6 +49,7 @@ impl Active {
         let mut a = Active {
             file,
             len: info.len,
+            allocated: info.len,
             synced_len: info.len,
             synced_file: None,
         };
@@ -67,13 +78,16 @@ impl Active {
         }
     }
 
-    /// Writes `buf` at the end. On failure the segment is cut back to its previous length, so a
-    /// retry cannot leave half a batch in front of the whole one.
+    /// Writes `buf` after the records, zero-filling ahead first if it would not fit. On failure
+    /// the segment is cut back to its records, so a retry cannot leave half a batch in front of
+    /// the whole one.
     fn write(&mut self, faults: &Faults, buf: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
         let r = if faults.enospc() {
             Err(io::Error::from_raw_os_error(28)) // ENOSPC
         } else {
-            self.file.write_all(buf)
+            self.reserve(buf.len() as u64)
+                .and_then(|()| self.file.write_all_at(buf, self.len))
         };
         match r {
             Ok(()) => {
@@ -82,9 +96,34 @@ impl Active {
             }
             Err(e) => {
                 let _ = self.file.set_len(self.len);
+                self.allocated = self.len;
                 Err(e)
             }
         }
+    }
+
+    /// Makes room for `n` more bytes in space already zero-filled.
+    fn reserve(&mut self, n: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if self.len + n <= self.allocated {
+            return Ok(());
+        }
+        let target = self.len + n + PREALLOC;
+        while self.allocated < target {
+            let chunk = (target - self.allocated).min(ZEROS.len() as u64) as usize;
+            self.file.write_all_at(&ZEROS[..chunk], self.allocated)?;
+            self.allocated += chunk as u64;
+        }
+        Ok(())
+    }
+
+    /// Cuts the zero-filled space off, leaving only records (before sealing, or at shutdown).
+    fn trim(&mut self) -> io::Result<()> {
+        if self.allocated > self.len {
+            self.file.set_len(self.len)?;
+            self.allocated = self.len;
+        }
+        Ok(())
     }
 
     /// fdatasync, honouring injected faults; in power-loss simulation, records the length that
@@ -224,6 +263,12 @@ fn commit(
         FsyncMode::Always => had_data || closing,
         FsyncMode::Periodic(_) => sync_due || closing,
     };
+    if closing {
+        // A clean shutdown leaves records only; the sync below makes the length durable.
+        io.active
+            .trim()
+            .map_err(|e| format!("cutting the WAL back at shutdown failed: {e}"))?;
+    }
     if want_sync {
         // Never retried: after a failed fsync the kernel may have dropped the pages.
         io.active
@@ -377,8 +422,13 @@ fn maybe_roll(shared: &Shared, active: &mut Active, last: u64) -> Result<()> {
     if active.len < shared.config.segment_bytes {
         return Ok(());
     }
-    if active.synced_len < active.len {
-        // A sealed segment must be wholly durable: only the newest may hold a torn tail.
+    let preallocated = active.allocated > active.len;
+    active
+        .trim()
+        .map_err(|e| Error::io("cutting a full segment back to its records", e))?;
+    if active.synced_len < active.len || preallocated {
+        // A sealed segment must be wholly durable and hold records only: only the newest may
+        // hold a torn tail or zeros (fdatasync also makes the new length durable).
         active
             .sync(&shared.config.faults, false)
             .map_err(|e| Error::io("fdatasync before sealing a segment", e))?;
