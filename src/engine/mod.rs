@@ -108,6 +108,8 @@ pub struct Stats {
     pub last_lsn: u64,
     /// LSN of the last checkpoint.
     pub checkpoint_lsn: u64,
+    /// fdatasync calls on the WAL since open.
+    pub wal_fsyncs: u64,
 }
 
 /// The counter engine. Open it with [`Engine::open`]; share the `Arc`.
@@ -358,6 +360,7 @@ impl Engine {
             wal_segments: w.segments,
             durable_lsn: w.synced_lsn,
             last_lsn: w.last_lsn,
+            wal_fsyncs: w.fsyncs,
             checkpoint_lsn: *self
                 .checkpoint_lsn
                 .lock()

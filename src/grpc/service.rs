@@ -142,6 +142,7 @@ impl CounterService for Service {
             last_lsn: s.last_lsn as i64,
             keys_with_ttl: s.keys_with_ttl as i64,
             expired_keys: s.expired as i64,
+            wal_fsyncs: s.wal_fsyncs as i64,
         }))
     }
 }

@@ -236,13 +236,15 @@ fn info(section: Option<&[u8]>, shared: &Shared) -> String {
     if want("persistence") {
         out += &format!(
             "# Persistence\r\nloading:0\r\naof_enabled:1\r\nappendfsync:{}\r\nwal_bytes:{}\r\n\
-             wal_segments:{}\r\ndurable_lsn:{}\r\nlast_lsn:{}\r\ncheckpoint_lsn:{}\r\n\r\n",
+             wal_segments:{}\r\ndurable_lsn:{}\r\nlast_lsn:{}\r\ncheckpoint_lsn:{}\r\n\
+             wal_fsyncs:{}\r\n\r\n",
             shared.fsync_name,
             st.wal_bytes,
             st.wal_segments,
             st.durable_lsn,
             st.last_lsn,
-            st.checkpoint_lsn
+            st.checkpoint_lsn,
+            st.wal_fsyncs
         );
     }
     if want("keyspace") {

@@ -87,6 +87,8 @@ struct Shared {
     disk_bytes: AtomicU64,
     /// The acknowledged LSN (`State::acked`), readable without the state lock.
     acked_lsn: AtomicU64,
+    /// fdatasync calls so far (for `Stats`).
+    fsyncs: AtomicU64,
     /// Mirrors `State::writer_idle`, so that under load (writer busy) a waiter can skip
     /// `commit_inline` without taking the state lock.
     writer_parked: AtomicBool,
@@ -138,6 +140,8 @@ pub struct WalStats {
     pub synced_lsn: u64,
     /// Highest LSN handed out.
     pub last_lsn: u64,
+    /// fdatasync calls on segments since open.
+    pub fsyncs: u64,
 }
 
 impl Wal {
@@ -199,6 +203,7 @@ impl Wal {
             acked: Condvar::new(),
             disk_bytes: AtomicU64::new(segments.iter().map(|s| s.len).sum()),
             acked_lsn: AtomicU64::new(last_lsn),
+            fsyncs: AtomicU64::new(0),
             writer_parked: AtomicBool::new(false),
             io: Mutex::new(writer::Io {
                 active,
@@ -367,6 +372,7 @@ impl Wal {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         WalStats {
+            fsyncs: self.shared.fsyncs.load(Ordering::Relaxed),
             bytes: self.disk_bytes(),
             segments: segs.len() as u64,
             synced_lsn,

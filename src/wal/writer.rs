@@ -274,6 +274,7 @@ fn commit(
         io.active
             .sync(faults, true)
             .map_err(|e| format!("WAL fdatasync failed: {e}; refusing further writes"))?;
+        shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         if had_data {
             fault::point(Point::WalAfterFsync);
         }
@@ -432,6 +433,7 @@ fn maybe_roll(shared: &Shared, active: &mut Active, last: u64) -> Result<()> {
         active
             .sync(&shared.config.faults, false)
             .map_err(|e| Error::io("fdatasync before sealing a segment", e))?;
+        shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
         st.synced = st.synced.max(last);
     }
