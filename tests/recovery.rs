@@ -412,6 +412,30 @@ fn checkpoints_bound_wal_disk_use_and_keep_state() {
             max_bytes = max_bytes.max(e.stats().wal_bytes);
         }
     }
+    // Sealed segments hold records only: the zero-filled space ahead of the records is cut
+    // off before a segment is sealed (startup would call zeros in a sealed segment damage).
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(d.path().join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    segs.pop(); // the active one may end in zeros
+    let mut sealed = 0;
+    for seg in segs {
+        // The checkpointer may delete a segment while we look.
+        if let Ok(bytes) = std::fs::read(&seg) {
+            let ends = frame_ends(&bytes);
+            // A zero-filled tail would parse as empty frames; real records are never empty.
+            let starts = std::iter::once(8).chain(ends.iter().copied());
+            assert!(
+                starts.zip(&ends).all(|(a, &b)| b - a > 12),
+                "{} ends in zeros",
+                seg.display()
+            );
+            sealed += 1;
+        }
+    }
+    assert!(sealed > 0, "no sealed segment to check");
     let s = e.stats();
     assert!(s.checkpoint_lsn > 0, "no checkpoint ran: {s:?}");
     // 100k records of ~46 bytes is ~4.6 MB of WAL; checkpoints keep it near the threshold.
