@@ -12,8 +12,8 @@
 //! shows a value whose record could still be lost.
 //!
 //! Recovery: open sled, read the checkpoint LSN, replay every newer WAL record (physical, so
-//! idempotent; in sorted batches, see `Replay`), then serve while a background census counts
-//! the keys (see `Census`).
+//! idempotent; in sorted batches, module `replay`), then serve while a background census counts
+//! the keys (module `census`).
 //! Checkpoint: note `L = wal.synced_lsn()` (never ahead of the durable log);
 //! `Store::sync` (sled flush plus fsync of every sled file) makes all of `<= L` durable in sled;
 //! record `L` in `CHECKPOINT`; delete the segments at or below `L`. sled may hold effects of records newer than `L` (even of records
@@ -21,11 +21,15 @@
 //! durable record touched, and an unacknowledged write that survives is indistinguishable from
 //! one whose reply was lost.
 
+mod census;
 mod checkpoint;
 mod expire;
+mod replay;
 mod tx;
 
+use census::Census;
 pub use expire::{Condition, Expiry, Ttl};
+use replay::Replay;
 pub use tx::{GetEx, Tx};
 
 use std::collections::hash_map::RandomState;
@@ -122,9 +126,7 @@ pub struct Engine {
     keys: AtomicI64,
     ttl_keys: AtomicI64,
     /// The startup census: `keys`/`ttl_keys` are exact once it is done.
-    census: Mutex<Census>,
-    census_done: AtomicBool,
-    census_cv: Condvar,
+    census: Census,
     expired: AtomicU64,
     /// Serializes checkpoints; holds the last checkpoint LSN.
     checkpoint_lsn: Mutex<u64>,
@@ -171,9 +173,7 @@ impl Engine {
             hasher: RandomState::new(),
             keys: AtomicI64::new(0),
             ttl_keys: AtomicI64::new(0),
-            census: Mutex::new(Census::default()),
-            census_done: AtomicBool::new(false),
-            census_cv: Condvar::new(),
+            census: Census::default(),
             expired: AtomicU64::new(0),
             checkpoint_lsn: Mutex::new(ckpt),
             closed: AtomicBool::new(false),
@@ -181,22 +181,7 @@ impl Engine {
             config,
             _lock: lock,
         });
-        let census_started = Instant::now();
-        engine.spawn_background("tally-census", move |e| match e.census_step() {
-            Ok(false) => Duration::ZERO,
-            Ok(true) => {
-                info!(
-                    keys = e.keys.load(Ordering::Relaxed),
-                    elapsed_ms = census_started.elapsed().as_millis() as u64,
-                    "key census done"
-                );
-                Duration::from_secs(u64::from(u32::MAX)) // done: idle until close
-            }
-            Err(err) => {
-                error!("key census: {err}; retrying");
-                Duration::from_secs(1)
-            }
-        });
+        engine.spawn_census();
         let mut last_run = Instant::now();
         engine.spawn_background("tally-checkpoint", move |e| {
             if e.checkpoint_due(last_run) {
@@ -235,20 +220,7 @@ impl Engine {
     fn write(&self, ops: &[Op]) -> Result<u64> {
         let mut delta = Delta::default();
         let lsn = self.wal.append_with(ops, || {
-            // Under the WAL lock, like every census step, so the two cannot interleave.
-            if self.census_done.load(Ordering::Acquire) {
-                delta = self.store.apply(ops)?;
-                return Ok(());
-            }
-            let census = self.census.lock().unwrap_or_else(|p| p.into_inner());
-            for op in ops {
-                let d = self.store.apply(std::slice::from_ref(op))?;
-                // A key the census has not reached yet will be counted in its new state.
-                if census.cursor.as_deref().is_some_and(|c| op.key() <= c) {
-                    delta.keys += d.keys;
-                    delta.ttl_keys += d.ttl_keys;
-                }
-            }
+            delta = self.apply_counted(ops)?;
             Ok(())
         })?;
         self.keys.fetch_add(delta.keys, Ordering::Relaxed);
@@ -312,45 +284,10 @@ impl Engine {
         self.run(&keys, |tx| tx.delete(&keys))
     }
 
-    /// One census step, with appends paused: counts the next `census_step_keys` keys (1024 by
-    /// default, well under a millisecond). True once every key is counted.
-    fn census_step(&self) -> Result<bool> {
-        self.wal.with_appends_paused(|| {
-            let mut c = self.census.lock().unwrap_or_else(|p| p.into_inner());
-            let step = self
-                .store
-                .census_step(c.cursor.as_deref(), self.config.census_step_keys.max(1))?;
-            self.keys.fetch_add(step.keys, Ordering::Relaxed);
-            self.ttl_keys.fetch_add(step.ttl_keys, Ordering::Relaxed);
-            if step.repaired > 0 {
-                warn!(
-                    repaired = step.repaired,
-                    "added TTL index entries missing after a crash"
-                );
-            }
-            match step.last {
-                Some(k) => c.cursor = Some(k),
-                None => {
-                    self.census_done.store(true, Ordering::Release);
-                    self.census_cv.notify_all();
-                }
-            }
-            Ok(self.census_done.load(Ordering::Relaxed))
-        })
-    }
-
-    /// Current counters and positions. Right after a restart this waits (up to
-    /// [`CENSUS_WAIT`]) for the background key census, so the key counts are exact.
+    /// Current counters and positions. Right after a restart this waits for the background
+    /// key census (see `census`), so the key counts are exact.
     pub fn stats(&self) -> Stats {
-        if !self.census_done.load(Ordering::Acquire) {
-            let c = self.census.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = self
-                .census_cv
-                .wait_timeout_while(c, CENSUS_WAIT, |_| {
-                    !self.census_done.load(Ordering::Acquire) && !self.is_closed()
-                })
-                .unwrap_or_else(|p| p.into_inner());
-        }
+        self.wait_for_census();
         let w = self.wal.stats();
         Stats {
             keys: self.keys.load(Ordering::Relaxed).max(0) as u64,
@@ -563,71 +500,6 @@ impl Drop for Engine {
         if let Err(e) = self.close() {
             error!("closing the engine: {e}");
         }
-    }
-}
-
-/// How long `stats` waits for the census before answering with what is counted so far.
-const CENSUS_WAIT: Duration = Duration::from_secs(30);
-
-/// Where the startup census is. It counts keys (and TTL keys) in key order in the background,
-/// so a restart does not wait for a scan of every key; a write to a key at or before `cursor`
-/// adjusts the counters itself, a write past it will be seen by the census.
-#[derive(Default)]
-struct Census {
-    /// The last key counted (`None`: none yet).
-    cursor: Option<Vec<u8>>,
-}
-
-/// Ops replayed from the WAL per batch. A million small counters' ops take about 100 MiB while
-/// the batch lives (the server trims the heap after opening); a batch that covers the whole
-/// tail touches each sled leaf once: with the default 4 MiB cache, batches of 64k ops made
-/// replaying a million records take 1.65 s, one batch 1.1 s.
-const REPLAY_BATCH: usize = 1 << 20;
-
-/// Startup replay in batches. Ops are physical (the key's whole new state), so within a batch
-/// only the last op per key matters, and the order across keys does not: each batch is sorted
-/// by key (stable, so a key's last op stays last), reduced to one op per key, and applied in key
-/// order. That touches each sled leaf once per batch instead of once per record, which keeps
-/// replay fast even when the tree does not fit sled's cache. Nothing is served until replay
-/// ends, so the batch never needs to be atomic; a crash during replay replays again.
-#[derive(Default)]
-struct Replay {
-    ops: Vec<Op>,
-}
-
-impl Replay {
-    fn push(&mut self, store: &Store, ops: Vec<Op>) -> Result<()> {
-        self.ops.extend(ops);
-        if self.ops.len() >= REPLAY_BATCH {
-            self.flush(store)?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self, store: &Store) -> Result<()> {
-        self.ops.sort_by(|a, b| a.key().cmp(b.key()));
-        // Keep the last op of each run of equal keys (dedup_by keeps the first, so reverse).
-        self.ops.reverse();
-        self.ops
-            .dedup_by(|later, earlier| later.key() == earlier.key());
-        self.ops.reverse();
-        // Two halves on two threads: keys are disjoint, and sled is safe to write concurrently.
-        let (a, b) = self.ops.split_at(self.ops.len() / 2);
-        let apply_all = |ops: &[Op]| {
-            ops.iter()
-                .try_for_each(|op| store.apply(std::slice::from_ref(op)).map(|_| ()))
-        };
-        std::thread::scope(|s| {
-            let other = s.spawn(|| apply_all(b));
-            let mine = apply_all(a);
-            other.join().expect("replay thread panicked").and(mine)
-        })?;
-        self.ops.clear();
-        Ok(())
-    }
-
-    fn finish(mut self, store: &Store) -> Result<()> {
-        self.flush(store)
     }
 }
 
