@@ -412,30 +412,6 @@ fn checkpoints_bound_wal_disk_use_and_keep_state() {
             max_bytes = max_bytes.max(e.stats().wal_bytes);
         }
     }
-    // Sealed segments hold records only: the zero-filled space ahead of the records is cut
-    // off before a segment is sealed (startup would call zeros in a sealed segment damage).
-    let mut segs: Vec<PathBuf> = std::fs::read_dir(d.path().join("wal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    segs.sort();
-    segs.pop(); // the active one may end in zeros
-    let mut sealed = 0;
-    for seg in segs {
-        // The checkpointer may delete a segment while we look.
-        if let Ok(bytes) = std::fs::read(&seg) {
-            let ends = frame_ends(&bytes);
-            // A zero-filled tail would parse as empty frames; real records are never empty.
-            let starts = std::iter::once(8).chain(ends.iter().copied());
-            assert!(
-                starts.zip(&ends).all(|(a, &b)| b - a > 12),
-                "{} ends in zeros",
-                seg.display()
-            );
-            sealed += 1;
-        }
-    }
-    assert!(sealed > 0, "no sealed segment to check");
     let s = e.stats();
     assert!(s.checkpoint_lsn > 0, "no checkpoint ran: {s:?}");
     // 100k records of ~46 bytes is ~4.6 MB of WAL; checkpoints keep it near the threshold.
@@ -569,4 +545,49 @@ fn key_counts_are_exact_when_writes_race_the_startup_census() {
         want,
         "counts from a fresh census"
     );
+}
+
+#[test]
+fn sealed_segments_hold_records_only() {
+    // The zero-filled space ahead of the records is cut off before a segment is sealed (startup
+    // would call zeros in a sealed segment damage). Checkpoints are kept out of the way so no
+    // segment is deleted while the test looks.
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = Config::new(d.path());
+    cfg.segment_bytes = 4096;
+    cfg.checkpoint_bytes = u64::MAX;
+    let e = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
+    for i in 0..2_000u64 {
+        let a = e.incr(format!("k{}", i % 100).as_bytes(), 1).unwrap();
+        if i % 64 == 0 {
+            e.wait(a.lsn).unwrap();
+        }
+    }
+    e.wait(2_000).unwrap();
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(d.path().join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    segs.pop(); // the active one may end in zeros
+    // 2,000 records of ~30 bytes fill more than ten segments of 4 KiB.
+    assert!(segs.len() >= 10, "only {} sealed segments", segs.len());
+    for seg in segs {
+        let bytes = std::fs::read(&seg).unwrap();
+        let ends = frame_ends(&bytes);
+        // A zero-filled tail would parse as empty frames; real records are never empty.
+        let starts = std::iter::once(8).chain(ends.iter().copied());
+        assert!(
+            starts.zip(&ends).all(|(a, &b)| b - a > 12),
+            "{} ends in zeros",
+            seg.display()
+        );
+        assert_eq!(
+            ends.last().copied(),
+            Some(bytes.len()),
+            "{} has bytes after its last record",
+            seg.display()
+        );
+    }
+    e.close().unwrap();
 }
