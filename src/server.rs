@@ -1,7 +1,9 @@
 //! Server lifecycle: `run(engine, listeners, shutdown)` serves gRPC (with health and reflection)
 //! and, if given a listener, the Redis protocol, starts the expiry sweeper, and, when `shutdown`
 //! resolves, stops accepting, lets in-flight calls and open RESP batches finish, then closes the
-//! engine (drain and fsync the WAL, checkpoint sled).
+//! engine (drain and fsync the WAL, checkpoint sled). Calls still open after the shutdown grace
+//! (streams that never end on their own, such as `Health/Watch`) are closed, so a watching load
+//! balancer cannot hold a shutdown open.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::MAX_REQUEST_BYTES;
 use crate::engine::Engine;
@@ -19,6 +21,10 @@ use crate::grpc::{FILE_DESCRIPTOR_SET, Service};
 /// Hard ceiling at which tonic itself refuses a message (OUT_OF_RANGE, naming the limit).
 /// Between `MAX_REQUEST_BYTES` and this, our own check answers INVALID_ARGUMENT.
 pub const HARD_MAX_MESSAGE_BYTES: usize = 4 * MAX_REQUEST_BYTES;
+
+/// How long shutdown waits for open gRPC calls before closing them (`--shutdown-grace-ms`).
+/// A unary call finishes within an fsync; only streams (a `Health/Watch`) need the cut-off.
+pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How often health checks whether the engine has failed.
 const HEALTH_POLL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -31,11 +37,13 @@ pub struct Listeners {
     pub resp: Option<TcpListener>,
 }
 
-/// Serves until `shutdown` resolves, then closes `engine`.
+/// Serves until `shutdown` resolves, then closes `engine`; gRPC calls still open `grace` after
+/// `shutdown` resolved are closed rather than waited for.
 pub async fn run(
     engine: Arc<Engine>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: std::time::Duration,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CounterServiceServer<Service>>().await;
@@ -94,7 +102,7 @@ pub async fn run(
     });
     info!(addr = %listeners.grpc.local_addr()?, "serving gRPC");
     let mut grpc_stop = stop_rx.clone();
-    Server::builder()
+    let grpc = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -105,8 +113,20 @@ pub async fn run(
             async move {
                 let _ = grpc_stop.wait_for(|stop| *stop).await;
             },
-        )
-        .await?;
+        );
+    let mut grace_stop = stop_rx.clone();
+    let grace_over = async move {
+        let _ = grace_stop.wait_for(|stop| *stop).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        r = grpc => r?,
+        _ = grace_over => warn!(
+            "gRPC calls still open {} ms after shutdown began (streams such as Health/Watch); \
+             closing them",
+            grace.as_millis()
+        ),
+    }
     if let Some(r) = resp {
         r.await?;
     }

@@ -365,6 +365,58 @@ async fn kill9_under_concurrent_load_loses_nothing_acknowledged_and_doubles_noth
     );
 }
 
+/// A load balancer's `Health/Watch` stream never ends on its own. Shutdown must still finish:
+/// the watcher is told NOT_SERVING, the stream is closed after the grace, the WAL is closed
+/// cleanly and every acknowledged write is there after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_is_not_held_open_by_a_health_watch_stream() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let d = tempfile::tempdir().unwrap();
+    let mut p = Proc::start(d.path(), &["--shutdown-grace-ms", "300"]);
+    let mut c = connect(&p.addr).await;
+    for _ in 0..5 {
+        c.incr(IncrRequest {
+            key: "n".into(),
+            by: None,
+        })
+        .await
+        .unwrap();
+    }
+    let ch = tonic::transport::Endpoint::from_shared(p.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(ch)
+        .watch(HealthCheckRequest {
+            service: "tally.v1.CounterService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    // The watcher stays connected (this task holds the stream) while the server shuts down.
+    let status = tokio::task::block_in_place(|| p.term_within(Duration::from_secs(10)));
+    let status = status.expect("shutdown waited for the Health/Watch stream to end");
+    assert!(status.success(), "{status:?}");
+    let mut told = Vec::new();
+    while let Ok(Some(m)) = watch.message().await {
+        told.push(m.status);
+    }
+    assert_eq!(told, [ServingStatus::NotServing as i32]);
+    // A clean close: the WAL holds records only (no zero-filled tail left behind).
+    let seg = std::fs::read(only_segment(d.path())).unwrap();
+    assert_eq!(frame_ends(&seg).len(), 5);
+    let p = Proc::start(d.path(), &[]);
+    let mut c = connect(&p.addr).await;
+    let v = c.get(GetRequest { key: "n".into() }).await.unwrap();
+    assert_eq!(v.into_inner().value, "5");
+}
+
 #[test]
 fn a_second_server_on_the_same_directory_is_refused() {
     let d = tempfile::tempdir().unwrap();

@@ -48,6 +48,11 @@ pub struct Args {
     /// for it is about 4x this). Keys that do not fit are read back from the OS page cache.
     #[arg(long, default_value_t = config::DEFAULT_CACHE_BYTES)]
     cache_bytes: u64,
+    /// On SIGTERM/SIGINT, how long (milliseconds) to wait for open gRPC calls before closing
+    /// them. Unary calls finish within an fsync; this bounds streams that never end on their
+    /// own, such as a load balancer's Health/Watch. The WAL is closed cleanly either way.
+    #[arg(long, default_value_t = tally::server::DEFAULT_SHUTDOWN_GRACE.as_millis() as u64)]
+    shutdown_grace_ms: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -112,7 +117,10 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         std::io::stdout().flush()?;
         let listeners = tally::server::Listeners { grpc, resp };
-        tally::server::run(engine, listeners, shutdown_signal()).await.map_err(|e| e.to_string())?;
+        let grace = std::time::Duration::from_millis(a.shutdown_grace_ms);
+        tally::server::run(engine, listeners, shutdown_signal(), grace)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(())
     })
 }

@@ -39,11 +39,12 @@ impl InProc {
             resp: Some(resp),
         };
         let task = tokio::spawn(async move {
-            tally::server::run(e, listeners, async {
+            let stop = async {
                 let _ = rx.await;
-            })
-            .await
-            .expect("server run");
+            };
+            tally::server::run(e, listeners, stop, tally::server::DEFAULT_SHUTDOWN_GRACE)
+                .await
+                .expect("server run");
         });
         InProc {
             addr,
@@ -150,6 +151,19 @@ impl Proc {
     pub fn term(&mut self) -> std::process::ExitStatus {
         unsafe_kill(self.child.id(), "TERM");
         self.child.wait().unwrap()
+    }
+
+    /// Sends SIGTERM and waits at most `limit` for the exit; `None` if it is still running.
+    pub fn term_within(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        unsafe_kill(self.child.id(), "TERM");
+        let t = std::time::Instant::now();
+        while t.elapsed() < limit {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        None
     }
 }
 
