@@ -1,4 +1,4 @@
-//! Server lifecycle: `run(engine, listeners, shutdown)` serves gRPC (with health and reflection)
+//! Server lifecycle: `run(engine, listeners, shutdown, options)` serves gRPC (with health and reflection)
 //! and, if given a listener, the Redis protocol, starts the expiry sweeper, and, when `shutdown`
 //! resolves, stops accepting, lets in-flight calls and open RESP batches finish, then closes the
 //! engine (drain and fsync the WAL, checkpoint sled). Calls still open after the shutdown grace
@@ -26,6 +26,24 @@ pub const HARD_MAX_MESSAGE_BYTES: usize = 4 * MAX_REQUEST_BYTES;
 /// A unary call finishes within an fsync; only streams (a `Health/Watch`) need the cut-off.
 pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How the server treats its clients (the engine's own settings are in `Config`).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// gRPC calls still open this long after shutdown began are closed, not waited for.
+    pub shutdown_grace: std::time::Duration,
+    /// Most Redis-protocol connections at once (Redis's `maxclients`).
+    pub max_clients: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_clients: crate::resp::MAX_CLIENTS,
+        }
+    }
+}
+
 /// How often health checks whether the engine has failed.
 const HEALTH_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -37,14 +55,15 @@ pub struct Listeners {
     pub resp: Option<TcpListener>,
 }
 
-/// Serves until `shutdown` resolves, then closes `engine`; gRPC calls still open `grace` after
-/// `shutdown` resolved are closed rather than waited for.
+/// Serves until `shutdown` resolves, then closes `engine`; gRPC calls still open
+/// `options.shutdown_grace` after `shutdown` resolved are closed rather than waited for.
 pub async fn run(
     engine: Arc<Engine>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: std::time::Duration,
+    options: Options,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let grace = options.shutdown_grace;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CounterServiceServer<Service>>().await;
     // grpcurl 1.8 speaks only v1alpha reflection, newer clients try v1 first: serve both, and
@@ -98,7 +117,12 @@ pub async fn run(
 
     let resp = listeners.resp.map(|l| {
         info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving RESP");
-        tokio::spawn(crate::resp::serve(engine.clone(), l, stop_rx.clone()))
+        tokio::spawn(crate::resp::serve(
+            engine.clone(),
+            l,
+            stop_rx.clone(),
+            options.max_clients,
+        ))
     });
     info!(addr = %listeners.grpc.local_addr()?, "serving gRPC");
     let mut grpc_stop = stop_rx.clone();

@@ -1,6 +1,6 @@
 //! The RESP listener beyond what the differential tests cover: Tally's deliberate differences,
-//! bad input, pipelining, many connections, EXEC as one WAL record, durability across kill -9,
-//! and the --resp-addr flag.
+//! bad input, pipelining, many connections and the connection limit, EXEC as one WAL record,
+//! durability across kill -9, and the --resp-addr flag.
 
 mod common;
 
@@ -182,6 +182,63 @@ fn many_connections_increment_exactly() {
         Resp::connect(&p.resp).cmd(&["GET", "shared"]),
         "$4\r\n5000\r\n"
     );
+}
+
+#[test]
+fn max_clients_refuses_the_next_connection_until_one_closes() {
+    let d = tempfile::tempdir().unwrap();
+    let p = Proc::start(d.path(), &["--max-clients", "3"]);
+    let mut open: Vec<Resp> = (0..3).map(|_| Resp::connect(&p.resp)).collect();
+    for c in &mut open {
+        assert_eq!(c.cmd(&["INCR", "n"]).as_bytes()[0], b':');
+    }
+    let info = open[0].cmd(&["INFO", "clients"]);
+    assert!(
+        info.contains("connected_clients:3\r\nmaxclients:3\r\n"),
+        "{info}"
+    );
+    assert_eq!(
+        open[0].cmd(&["CONFIG", "GET", "maxclients"]),
+        "*2\r\n$10\r\nmaxclients\r\n$1\r\n3\r\n"
+    );
+    // The fourth is told why and closed, without a command being read from it.
+    let mut refused = Resp::connect(&p.resp);
+    assert_eq!(refused.reply(), "-ERR max number of clients reached\r\n");
+    assert!(refused.closed());
+    // The open ones are unaffected.
+    assert_eq!(open[1].cmd(&["INCR", "n"]), ":4\r\n");
+    // Closing one frees its slot (once the server has seen the close).
+    drop(open.pop());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        // A still-refused connection may be closed before our command arrives (a reset).
+        let attempt = || -> std::io::Result<String> {
+            let mut s = TcpStream::connect(&p.resp)?;
+            s.write_all(&encode(&["INCR", "n"]))?;
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line)?;
+            Ok(line)
+        };
+        match attempt() {
+            Ok(r) if r == ":5\r\n" => break,
+            Ok(r) => assert_eq!(r, "-ERR max number of clients reached\r\n"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // 0 is not a limit: refused at the command line.
+    let out = std::process::Command::new(common::bin())
+        .args(["serve", "--max-clients", "0", "--data-dir"])
+        .arg(d.path().join("unused"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--max-clients"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

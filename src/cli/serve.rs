@@ -53,6 +53,11 @@ pub struct Args {
     /// own, such as a load balancer's Health/Watch. The WAL is closed cleanly either way.
     #[arg(long, default_value_t = tally::server::DEFAULT_SHUTDOWN_GRACE.as_millis() as u64)]
     shutdown_grace_ms: u64,
+    /// Most Redis-protocol connections at once (Redis's maxclients). The next one is sent
+    /// "-ERR max number of clients reached" and closed; open connections are unaffected.
+    #[arg(long, default_value_t = tally::resp::MAX_CLIENTS as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_clients: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -117,8 +122,11 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         std::io::stdout().flush()?;
         let listeners = tally::server::Listeners { grpc, resp };
-        let grace = std::time::Duration::from_millis(a.shutdown_grace_ms);
-        tally::server::run(engine, listeners, shutdown_signal(), grace)
+        let options = tally::server::Options {
+            shutdown_grace: std::time::Duration::from_millis(a.shutdown_grace_ms),
+            max_clients: a.max_clients as usize,
+        };
+        tally::server::run(engine, listeners, shutdown_signal(), options)
             .await
             .map_err(|e| e.to_string())?;
         Ok(())

@@ -54,11 +54,12 @@ pub fn run(name: &str, args: &[Bytes], s: &mut Session, shared: &Shared) -> Opti
 /// CONFIG GET for the few parameters clients ask about (redis-benchmark reads `save` and
 /// `appendonly`); exact names or `*`. Nothing is settable.
 fn config_get(patterns: &[Bytes], shared: &Shared) -> Reply {
+    let max_clients = shared.max_clients.to_string();
     let params = [
         ("appendfsync", shared.fsync_name),
         ("appendonly", "yes"),
         ("databases", "1"),
-        ("maxclients", "10000"),
+        ("maxclients", &max_clients),
         ("save", ""),
     ];
     let pairs = params
@@ -230,7 +231,7 @@ fn info(section: Option<&[u8]>, shared: &Shared) -> String {
         out += &format!(
             "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
             shared.clients.load(Ordering::Relaxed),
-            super::MAX_CLIENTS
+            shared.max_clients
         );
     }
     if want("persistence") {

@@ -5,7 +5,8 @@
 //! the command table and engine commands (`command`), connection and server commands (`admin`),
 //! and the per-connection loop (`conn`). Speaks only to the engine, never to `grpc`.
 //!
-//! Limits: [`MAX_CLIENTS`] connections (the next one gets `-ERR max number of clients reached`),
+//! Limits: `max_clients` connections (`--max-clients`, default [`MAX_CLIENTS`]; the next one
+//! gets `-ERR max number of clients reached` and is closed),
 //! and the request limits in `parse` (a bulk over 1 MiB or a bad header gets
 //! `-ERR Protocol error: …` and the connection closes; other clients are unaffected).
 
@@ -30,7 +31,7 @@ use tracing::{info, warn};
 use crate::engine::Engine;
 use crate::wal::FsyncMode;
 
-/// Most connections at once (Redis's default `maxclients`).
+/// Most connections at once by default (Redis's default `maxclients`).
 pub const MAX_CLIENTS: usize = 10_000;
 
 /// State shared by all connections.
@@ -41,6 +42,7 @@ pub struct Shared {
     started: Instant,
     port: u16,
     fsync_name: &'static str,
+    max_clients: usize,
 }
 
 /// Resolves once `shutdown` is true. (The guard `wait_for` returns is not `Send`; dropping it
@@ -49,13 +51,16 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// Accepts connections on `listener` until `shutdown` turns true, then waits for every
-/// connection to finish its current batch and close.
+/// Accepts connections on `listener`, at most `max_clients` at once, until `shutdown` turns
+/// true, then waits for every connection to finish its current batch and close.
 pub async fn serve(
     engine: Arc<Engine>,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
+    max_clients: usize,
 ) {
+    // A semaphore holds at most u32::MAX permits; more clients than that is no limit at all.
+    let max_clients = max_clients.clamp(1, u32::MAX as usize);
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let fsync_name = match engine.fsync_mode() {
         FsyncMode::Always => "always",
@@ -68,8 +73,9 @@ pub async fn serve(
         started: Instant::now(),
         port,
         fsync_name,
+        max_clients,
     });
-    let permits = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let permits = Arc::new(Semaphore::new(max_clients));
     let for_conns = shutdown.clone();
     loop {
         tokio::select! {
@@ -95,5 +101,5 @@ pub async fn serve(
     }
     drop(listener);
     info!("RESP: no new connections; waiting for open ones to finish");
-    let _ = permits.acquire_many(MAX_CLIENTS as u32).await;
+    let _ = permits.acquire_many(max_clients as u32).await;
 }

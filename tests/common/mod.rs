@@ -42,7 +42,7 @@ impl InProc {
             let stop = async {
                 let _ = rx.await;
             };
-            tally::server::run(e, listeners, stop, tally::server::DEFAULT_SHUTDOWN_GRACE)
+            tally::server::run(e, listeners, stop, Default::default())
                 .await
                 .expect("server run");
         });
