@@ -58,6 +58,12 @@ pub struct Args {
     #[arg(long, default_value_t = tally::resp::MAX_CLIENTS as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_clients: u32,
+    /// Most gRPC connections at once. One over the limit is closed at once (the client sees
+    /// UNAVAILABLE and retries); open connections are unaffected. A gRPC client multiplexes
+    /// its calls over one connection, so this is roughly a cap on client processes.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_GRPC_CONNECTIONS as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_grpc_connections: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -94,6 +100,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             "--fsync periodic: a power loss can lose up to 100 ms of acknowledged writes"
         );
     }
+    let budget = fit_connections(a.max_clients as usize, a.max_grpc_connections as usize)?;
     // Test seams (see `tally::fault`); unset in normal use.
     config.faults = Arc::new(tally::fault::Faults::from_env());
     let engine = Engine::open(config, Arc::new(SystemClock))?;
@@ -124,13 +131,35 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         let listeners = tally::server::Listeners { grpc, resp };
         let options = tally::server::Options {
             shutdown_grace: std::time::Duration::from_millis(a.shutdown_grace_ms),
-            max_clients: a.max_clients as usize,
+            max_clients: budget.resp,
+            max_grpc_connections: budget.grpc,
         };
         tally::server::run(engine, listeners, shutdown_signal(), options)
             .await
             .map_err(|e| e.to_string())?;
         Ok(())
     })
+}
+
+/// Makes room for the connection caps in the open-file limit (see `tally::fds`); says so if
+/// they had to shrink to fit.
+fn fit_connections(resp: usize, grpc: usize) -> Result<tally::fds::Budget, String> {
+    let b = tally::fds::fit(resp, grpc).map_err(|e| format!("reading the open-file limit: {e}"))?;
+    if (b.resp, b.grpc) != (resp, grpc) {
+        tracing::warn!(
+            "the open-file limit is {} and cannot be raised: serving at most {} RESP and {} gRPC \
+             connections instead of {resp} and {grpc}, keeping {} descriptors for the WAL and \
+             sled; raise the hard limit (ulimit -Hn, LimitNOFILE=) to at least {} for the full caps",
+            b.limit,
+            b.resp,
+            b.grpc,
+            tally::fds::RESERVED_FDS,
+            resp as u64 + grpc as u64 + tally::fds::RESERVED_FDS
+        );
+    } else {
+        tracing::debug!(limit = b.limit, "open-file limit fits the connection caps");
+    }
+    Ok(b)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -25,10 +25,11 @@ use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
-use tracing::{info, warn};
+use tokio::sync::watch;
+use tracing::info;
 
 use crate::engine::Engine;
+use crate::listen::{Accepted, Acceptor};
 use crate::wal::FsyncMode;
 
 /// Most connections at once by default (Redis's default `maxclients`).
@@ -59,9 +60,8 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     max_clients: usize,
 ) {
-    // A semaphore holds at most u32::MAX permits; more clients than that is no limit at all.
-    let max_clients = max_clients.clamp(1, u32::MAX as usize);
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let mut acceptor = Acceptor::new(listener, max_clients, "RESP", "--max-clients");
+    let port = acceptor.local_port();
     let fsync_name = match engine.fsync_mode() {
         FsyncMode::Always => "always",
         FsyncMode::Periodic(_) => "periodic",
@@ -73,33 +73,22 @@ pub async fn serve(
         started: Instant::now(),
         port,
         fsync_name,
-        max_clients,
+        max_clients: acceptor.max(),
     });
-    let permits = Arc::new(Semaphore::new(max_clients));
     let for_conns = shutdown.clone();
     loop {
         tokio::select! {
-            r = listener.accept() => {
-                let mut sock = match r {
-                    Ok((sock, _)) => sock,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        warn!("RESP accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                match permits.clone().try_acquire_owned() {
-                    Ok(p) => drop(tokio::spawn(conn::run(shared.clone(), sock, for_conns.clone(), p))),
-                    Err(_) => drop(tokio::spawn(async move {
-                        let _ = sock.write_all(b"-ERR max number of clients reached\r\n").await;
-                    })),
+            a = acceptor.next() => match a {
+                Accepted::Admitted(sock, p) => {
+                    drop(tokio::spawn(conn::run(shared.clone(), sock, for_conns.clone(), p)))
                 }
-            }
+                Accepted::Refused(mut sock) => drop(tokio::spawn(async move {
+                    let _ = sock.write_all(b"-ERR max number of clients reached\r\n").await;
+                })),
+            },
             _ = stopped(&mut shutdown) => break,
         }
     }
-    drop(listener);
     info!("RESP: no new connections; waiting for open ones to finish");
-    let _ = permits.acquire_many(max_clients as u32).await;
+    acceptor.drain().await;
 }

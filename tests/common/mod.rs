@@ -110,7 +110,30 @@ pub fn serve_to_exit(dir: &Path, resp: &str) -> (bool, String, String) {
 
 impl Proc {
     pub fn start(dir: &Path, extra: &[&str]) -> Proc {
-        let mut child = Command::new(bin())
+        Proc::start_with_fd_limit(dir, extra, None)
+    }
+
+    /// As `start`, with the child's open-file limit (soft and hard) set to `nofile`.
+    pub fn start_with_fd_limit(dir: &Path, extra: &[&str], nofile: Option<u64>) -> Proc {
+        let mut cmd = Command::new(bin());
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe, so it may run between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = cmd
             .args([
                 "serve",
                 "--grpc-addr",
