@@ -28,6 +28,9 @@ pub const DEFAULT_CHECKPOINT_BYTES: u64 = 64 << 20;
 /// Redis's RSS for the same keys (8 MiB: about 1.0x). Keys outside it are read back from the
 /// OS page cache. Raise it (`--cache-bytes`) if the hot keys do not fit.
 pub const DEFAULT_CACHE_BYTES: u64 = 4 << 20;
+/// Default cap on Redis-protocol connections at once (`--max-clients`; Redis's default
+/// `maxclients`).
+pub const DEFAULT_MAX_CLIENTS: usize = 10_000;
 /// Default cap on gRPC connections at once (`--max-grpc-connections`). A gRPC client
 /// multiplexes its calls over one connection, so this is roughly a cap on client processes.
 pub const DEFAULT_MAX_GRPC_CONNECTIONS: usize = 4096;

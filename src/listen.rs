@@ -7,7 +7,7 @@
 //! the limit to refuse; `fds` makes sure the limits fit the process's open-file limit.
 //!
 //! Accept errors (EMFILE and the like) back off instead of spinning, and are logged once per
-//! episode rather than per attempt; refusals are logged at most once per [`LOG_EVERY`].
+//! episode rather than per attempt; refusals are logged at most once per `LOG_EVERY`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,7 +81,7 @@ impl Acceptor {
         let _ = self.permits.acquire_many(self.max as u32).await;
     }
 
-    /// The next connection; never fails (accept errors are retried after [`ACCEPT_RETRY`]).
+    /// The next connection; never fails (accept errors are retried after `ACCEPT_RETRY`).
     pub async fn next(&mut self) -> Accepted {
         loop {
             match self.listener.accept().await {

@@ -49,7 +49,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-            max_clients: crate::resp::MAX_CLIENTS,
+            max_clients: crate::config::DEFAULT_MAX_CLIENTS,
             max_grpc_connections: crate::config::DEFAULT_MAX_GRPC_CONNECTIONS,
         }
     }

@@ -55,7 +55,9 @@ pub struct Args {
     shutdown_grace_ms: u64,
     /// Most Redis-protocol connections at once (Redis's maxclients). The next one is sent
     /// "-ERR max number of clients reached" and closed; open connections are unaffected.
-    #[arg(long, default_value_t = tally::resp::MAX_CLIENTS as u32,
+    /// Both connection caps are raised into, or shrunk to fit, the open-file limit at start,
+    /// keeping 128 descriptors for the WAL and sled (a warning says when they shrink).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_CLIENTS as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_clients: u32,
     /// Most gRPC connections at once. One over the limit is closed at once (the client sees
@@ -147,7 +149,7 @@ fn fit_connections(resp: usize, grpc: usize) -> Result<tally::fds::Budget, Strin
     let b = tally::fds::fit(resp, grpc).map_err(|e| format!("reading the open-file limit: {e}"))?;
     if (b.resp, b.grpc) != (resp, grpc) {
         tracing::warn!(
-            "the open-file limit is {} and cannot be raised: serving at most {} RESP and {} gRPC \
+            "the open-file limit is {} and cannot be raised further: serving at most {} RESP and {} gRPC \
              connections instead of {resp} and {grpc}, keeping {} descriptors for the WAL and \
              sled; raise the hard limit (ulimit -Hn, LimitNOFILE=) to at least {} for the full caps",
             b.limit,

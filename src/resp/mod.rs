@@ -5,10 +5,11 @@
 //! the command table and engine commands (`command`), connection and server commands (`admin`),
 //! and the per-connection loop (`conn`). Speaks only to the engine, never to `grpc`.
 //!
-//! Limits: `max_clients` connections (`--max-clients`, default [`MAX_CLIENTS`]; the next one
-//! gets `-ERR max number of clients reached` and is closed),
-//! and the request limits in `parse` (a bulk over 1 MiB or a bad header gets
-//! `-ERR Protocol error: …` and the connection closes; other clients are unaffected).
+//! Limits: `max_clients` connections (`--max-clients`, default
+//! [`crate::config::DEFAULT_MAX_CLIENTS`]; the next one gets `-ERR max number of clients
+//! reached` and is closed), and the request limits in `parse` (a bulk over 1 MiB or a bad
+//! header gets `-ERR Protocol error: …` and the connection closes; other clients are
+//! unaffected).
 
 mod admin;
 mod command;
@@ -31,9 +32,6 @@ use tracing::info;
 use crate::engine::Engine;
 use crate::listen::{Accepted, Acceptor};
 use crate::wal::FsyncMode;
-
-/// Most connections at once by default (Redis's default `maxclients`).
-pub const MAX_CLIENTS: usize = 10_000;
 
 /// State shared by all connections.
 pub struct Shared {
