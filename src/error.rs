@@ -49,6 +49,16 @@ impl Error {
         }
     }
 
+    /// True for errors computed from a stored value (not an integer, would overflow, …).
+    /// Such a reply reveals that value as surely as a read does, so it is sent only once the
+    /// value is durable (see `Engine::lsn_seen_by`).
+    pub fn reveals_state(&self) -> bool {
+        matches!(
+            self,
+            Error::NotInteger | Error::Overflow | Error::NotFloat | Error::NanOrInfinity
+        )
+    }
+
     /// True for errors that mean the on-disk state cannot be trusted and startup must stop.
     pub fn is_corruption(&self) -> bool {
         matches!(self, Error::Corruption(_))

@@ -1,6 +1,7 @@
 //! Injected I/O faults through the real gRPC server: a failed fsync is fail-stop (log, health
 //! NOT_SERVING, writes UNAVAILABLE, restart recovers every acknowledged write), and ENOSPC
-//! refuses new writes with RESOURCE_EXHAUSTED, loses nothing, and heals when space returns.
+//! refuses new writes with RESOURCE_EXHAUSTED, loses nothing, and heals when space returns. An
+//! error that reveals a stored value waits, like a read, for that value to be durable.
 
 mod common;
 
@@ -83,6 +84,60 @@ async fn a_failed_fsync_is_fail_stop_and_restart_keeps_every_acknowledged_write(
     let n: i64 = value(&e, "n").unwrap().parse().unwrap();
     assert!((10..=11).contains(&n), "n = {n}");
     assert_eq!(value(&e, "after"), None);
+}
+
+/// An error computed from a stored value ("not an integer") reveals that value as surely as a
+/// read, so it waits, as a read does, until the value is durable. A value whose fsync failed
+/// is never reported: not by Get, not by Incr's error, over gRPC or RESP.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_that_reveals_a_value_waits_for_it_to_be_durable() {
+    let d = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let mut cfg = Config::new(d.path());
+    cfg.faults = faults.clone();
+    let s = InProc::start(cfg, Arc::new(SystemClock)).await;
+    let mut c = s.client().await;
+    let set = |value: &str| SetRequest {
+        key: "s".into(),
+        value: value.into(),
+        ..Default::default()
+    };
+    c.set(set("7")).await.unwrap();
+    // Durable state: the error is reported as usual.
+    c.set(set("seven")).await.unwrap();
+    let e = c.incr(incr("s")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    // "abc" is applied, but its fsync fails: nobody may learn of it.
+    faults.set_fsync_error(true);
+    assert_eq!(
+        c.set(set("abc")).await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    faults.set_fsync_error(false);
+    let e = c.get(GetRequest { key: "s".into() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let e = c.incr(incr("s")).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::Unavailable,
+        "Incr revealed the value: {e:?}"
+    );
+    // RESP: the connection closes without a reply rather than send the error.
+    let addr = s.resp.clone();
+    let got = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut sock = std::net::TcpStream::connect(&addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        sock.write_all(b"*2\r\n$4\r\nINCR\r\n$1\r\ns\r\n").unwrap();
+        let mut got = Vec::new();
+        let _ = sock.read_to_end(&mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, "", "RESP revealed the value");
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

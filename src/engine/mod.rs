@@ -305,6 +305,17 @@ impl Engine {
         }
     }
 
+    /// The LSN a reply carrying `err` must wait for, as a read waits for what it observed: the
+    /// newest one logged if the error reveals stored state (INCR on a value another client set
+    /// a moment ago, not yet fsync'd: the error must not outlive that value in a crash), else 0.
+    pub fn lsn_seen_by(&self, err: &Error) -> u64 {
+        if err.reveals_state() {
+            self.wal.last_lsn()
+        } else {
+            0
+        }
+    }
+
     /// True if `lsn` is acknowledged already (the caller can reply without waiting).
     pub fn is_acked(&self, lsn: u64) -> bool {
         self.wal.is_acked(lsn)

@@ -24,10 +24,20 @@ impl Service {
         Service { engine }
     }
 
-    /// Resolves once the engine's WAL acknowledges `ack.lsn`.
-    async fn acked<T>(&self, ack: Ack<T>) -> Result<T, Status> {
-        crate::durable::acked(&self.engine, ack.lsn).await?;
-        Ok(ack.value)
+    /// The reply for an engine call, once the WAL acknowledges what it reports: the result's
+    /// LSN, or for an error that reveals stored state, the newest LSN it may have seen.
+    async fn settle<T>(&self, r: crate::Result<Ack<T>>) -> Result<T, Status> {
+        match r {
+            Ok(ack) => {
+                crate::durable::acked(&self.engine, ack.lsn).await?;
+                Ok(ack.value)
+            }
+            Err(e) => {
+                let lsn = self.engine.lsn_seen_by(&e);
+                crate::durable::acked(&self.engine, lsn).await?;
+                Err(e.into())
+            }
+        }
     }
 }
 
@@ -39,7 +49,7 @@ impl CounterService for Service {
     ) -> Result<Response<pb::IncrResponse>, Status> {
         let r = req.into_inner();
         let (key, by) = validate::incr(&r)?;
-        let value = self.acked(self.engine.incr(key, by)?).await?;
+        let value = self.settle(self.engine.incr(key, by)).await?;
         Ok(Response::new(pb::IncrResponse { value }))
     }
 
@@ -49,7 +59,7 @@ impl CounterService for Service {
     ) -> Result<Response<pb::IncrByFloatResponse>, Status> {
         let r = req.into_inner();
         let (key, by) = validate::incr_by_float(&r)?;
-        let v = self.acked(self.engine.incr_by_float(key, by)?).await?;
+        let v = self.settle(self.engine.incr_by_float(key, by)).await?;
         Ok(Response::new(pb::IncrByFloatResponse {
             value: String::from_utf8_lossy(&v).into_owned(),
         }))
@@ -58,7 +68,7 @@ impl CounterService for Service {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let r = req.into_inner();
         let key = validate::key_only(&r, &r.key)?;
-        let v = self.acked(self.engine.get(key)?).await?;
+        let v = self.settle(self.engine.get(key)).await?;
         Ok(Response::new(match v {
             Some(v) => pb::GetResponse {
                 found: true,
@@ -74,7 +84,7 @@ impl CounterService for Service {
     async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
         let r = req.into_inner();
         let (key, value, opts) = validate::set(&r)?;
-        let out = self.acked(self.engine.set(key, value, &opts)?).await?;
+        let out = self.settle(self.engine.set(key, value, &opts)).await?;
         Ok(Response::new(pb::SetResponse {
             applied: out.applied,
             old_value: out.old.map(|v| String::from_utf8_lossy(&v).into_owned()),
@@ -87,14 +97,14 @@ impl CounterService for Service {
     ) -> Result<Response<pb::ExpireResponse>, Status> {
         let r = req.into_inner();
         let (key, when, cond) = validate::expire(&r)?;
-        let applied = self.acked(self.engine.expire(key, when, cond)?).await?;
+        let applied = self.settle(self.engine.expire(key, when, cond)).await?;
         Ok(Response::new(pb::ExpireResponse { applied }))
     }
 
     async fn ttl(&self, req: Request<pb::TtlRequest>) -> Result<Response<pb::TtlResponse>, Status> {
         let r = req.into_inner();
         let key = validate::key_only(&r, &r.key)?;
-        let (ttl_ms, expire_at_unix_ms) = match self.acked(self.engine.ttl(key)?).await? {
+        let (ttl_ms, expire_at_unix_ms) = match self.settle(self.engine.ttl(key)).await? {
             Ttl::Missing => (-2, -2),
             Ttl::Persistent => (-1, -1),
             Ttl::Expires {
@@ -114,7 +124,7 @@ impl CounterService for Service {
     ) -> Result<Response<pb::PersistResponse>, Status> {
         let r = req.into_inner();
         let key = validate::key_only(&r, &r.key)?;
-        let applied = self.acked(self.engine.persist(key)?).await?;
+        let applied = self.settle(self.engine.persist(key)).await?;
         Ok(Response::new(pb::PersistResponse { applied }))
     }
 
@@ -124,7 +134,7 @@ impl CounterService for Service {
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let r = req.into_inner();
         let keys = validate::delete(&r)?;
-        let deleted = self.acked(self.engine.delete(&keys)?).await?;
+        let deleted = self.settle(self.engine.delete(&keys)).await?;
         Ok(Response::new(pb::DeleteResponse { deleted }))
     }
 

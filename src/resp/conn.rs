@@ -192,7 +192,11 @@ impl Conn {
                     lsn: ack.lsn,
                     close: false,
                 },
-                Err(e) => reply(Reply::from(e)),
+                Err(e) => Outcome {
+                    lsn: shared.engine.lsn_seen_by(&e),
+                    reply: Reply::from(e),
+                    close: false,
+                },
             },
         }
     }
