@@ -6,7 +6,8 @@
 //! them to land crashes exactly there. Unarmed, a check is one relaxed atomic load.
 //!
 //! **I/O faults** ([`Faults`]) are per engine: an fsync that fails, a write that hits ENOSPC,
-//! and (for proving the torture harness has teeth) an fsync that is silently skipped. The CLI
+//! a new WAL segment that cannot be created, and (for proving the torture harness has teeth)
+//! an fsync that is silently skipped. The CLI
 //! arms them from `TALLY_FAULTS=fsync-error,enospc,skip-fsync`; tests toggle them directly.
 //!
 //! **Power-loss simulation** (`TALLY_SIMULATE_POWER_LOSS=1`): the WAL records each segment's
@@ -103,10 +104,12 @@ pub struct Faults {
     fsync_error: AtomicBool,
     enospc: AtomicBool,
     skip_fsync: AtomicBool,
+    roll_error: AtomicBool,
 }
 
 impl Faults {
-    /// Faults named in `TALLY_FAULTS` (comma-separated: fsync-error, enospc, skip-fsync).
+    /// Faults named in `TALLY_FAULTS` (comma-separated: fsync-error, enospc, skip-fsync,
+    /// roll-error).
     pub fn from_env() -> Faults {
         let f = Faults::default();
         for name in std::env::var("TALLY_FAULTS").unwrap_or_default().split(',') {
@@ -114,6 +117,7 @@ impl Faults {
                 "fsync-error" => f.set_fsync_error(true),
                 "enospc" => f.set_enospc(true),
                 "skip-fsync" => f.set_skip_fsync(true),
+                "roll-error" => f.set_roll_error(true),
                 _ => {}
             }
         }
@@ -134,6 +138,16 @@ impl Faults {
     /// harness detects a missing fsync.
     pub fn set_skip_fsync(&self, on: bool) {
         self.skip_fsync.store(on, Ordering::SeqCst);
+    }
+
+    /// Starting a new WAL segment fails after its file is created (as if its header's fsync
+    /// failed with ENOSPC).
+    pub fn set_roll_error(&self, on: bool) {
+        self.roll_error.store(on, Ordering::SeqCst);
+    }
+
+    pub(crate) fn roll_error(&self) -> bool {
+        self.roll_error.load(Ordering::Relaxed)
     }
 
     pub(crate) fn fsync_error(&self) -> bool {

@@ -1,8 +1,8 @@
 //! Accepting client connections under a limit, for both listeners (RESP and gRPC).
 //!
-//! Every connection holds a file descriptor, and so does every WAL segment the writer creates:
-//! if clients could take them all, the next segment roll would fail and the WAL would refuse
-//! writes until a restart. So each listener admits at most a fixed number of connections (a
+//! Every connection holds a file descriptor, and so does every WAL segment the writer creates
+//! and every file a checkpoint fsyncs: if clients could take them all, the WAL could not roll
+//! to a new segment nor be checkpointed, and would grow without bound. So each listener admits at most a fixed number of connections (a
 //! permit of a semaphore, held for the connection's life) and hands the caller the ones over
 //! the limit to refuse; `fds` makes sure the limits fit the process's open-file limit.
 //!

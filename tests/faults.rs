@@ -286,3 +286,41 @@ fn inline_commit_is_durable_fail_stop_and_hands_enospc_to_the_writer() {
     let keys = logged_keys(d.path());
     assert_eq!(&keys[..3], ["a", "b", "c"], "{keys:?}");
 }
+
+/// A new segment that cannot be created (a full disk, no descriptor left) is not fatal: what
+/// the failed try created is removed, the full segment keeps taking records, and the roll
+/// happens once it can. Every record is acknowledged and replays, in order, after a restart.
+#[test]
+fn a_failed_segment_roll_keeps_appending_and_rolls_once_it_can() {
+    use tally::wal::Wal;
+    let wal_files = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("wal".as_ref()))
+            .count()
+    };
+    let d = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let mut cfg = wal_config(d.path(), &faults);
+    cfg.segment_bytes = 256;
+    let (wal, _) = Wal::open(cfg, 0, &mut |_| Ok(())).unwrap();
+    let mut keys = Vec::new();
+    let mut write = |range: std::ops::Range<usize>| {
+        for i in range {
+            let k = format!("k{i}");
+            wal.wait(wal.append(&put(&k)).unwrap()).unwrap();
+            keys.push(k);
+        }
+    };
+    faults.set_roll_error(true);
+    write(0..100); // about 30 bytes a record: many times the segment size
+    assert_eq!(wal_files(d.path()), 1, "a failed segment was left behind");
+    faults.set_roll_error(false);
+    std::thread::sleep(Duration::from_millis(150)); // past the wait between tries
+    write(100..200);
+    assert!(wal_files(d.path()) > 3, "the WAL never rolled again");
+    assert!(wal.failure().is_none());
+    wal.close();
+    drop(wal);
+    assert_eq!(logged_keys(d.path()), keys);
+}

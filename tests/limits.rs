@@ -70,7 +70,7 @@ async fn grpc_connection_limit_refuses_the_next_and_frees_a_slot_on_close() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_connection_flood_under_a_low_fd_limit_cannot_stop_the_wal() {
+async fn a_connection_flood_under_a_low_fd_limit_cannot_starve_the_wal() {
     const NOFILE: u64 = 256;
     const FLOOD: usize = 200;
     // This process holds the flood: make room for it (a no-op where the limit is already high).

@@ -19,7 +19,9 @@
 //! may have dropped the dirty pages, so a retry can "succeed" without the data (the PostgreSQL
 //! fsyncgate lesson). A write that hits ENOSPC is different: nothing was lost, the batch is still
 //! in memory, so the writer cuts the segment back, refuses new appends with `Error::NoSpace`
-//! (before they touch the state), and retries the batch until space returns.
+//! (before they touch the state), and retries the batch until space returns. A new segment that
+//! cannot be created (ENOSPC, EMFILE) is not fatal either: the full one stays active and the roll
+//! is retried, once no trace of the failed segment is left on disk.
 //!
 //! Leaves out on purpose: what a record means (the engine's job) and when segments may be removed
 //! (the engine's checkpoint decides; [`Wal::remove_through`] only deletes what it is told).

@@ -97,6 +97,17 @@ pub fn create(dir: &Path, first_lsn: u64) -> Result<(File, SegmentInfo)> {
     ))
 }
 
+/// Durably removes what a failed [`create`] of the segment starting at `first_lsn` may have
+/// left behind (nothing, an empty file, or a header).
+pub fn discard(dir: &Path, first_lsn: u64) -> Result<()> {
+    let path = dir.join(name(first_lsn));
+    match fs::remove_file(&path) {
+        Ok(()) => sync_dir(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
+    }
+}
+
 /// fsyncs a directory so that file creations, renames and removals in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)

@@ -22,6 +22,9 @@ use crate::fault::{self, Faults, Point};
 const IDLE_TICK: Duration = Duration::from_millis(10);
 /// Wait between retries of a write that hit ENOSPC.
 const NO_SPACE_RETRY: Duration = Duration::from_millis(100);
+/// Wait between tries to start a new segment after one failed (each try trims and fsyncs the
+/// full one, so not on every batch).
+const ROLL_RETRY: Duration = Duration::from_millis(100);
 
 /// Zero-fill this far ahead of the records. An `fdatasync` after a write that grows the file
 /// must also commit the new size to the ext4 journal; one that overwrites blocks already
@@ -42,6 +45,8 @@ pub(super) struct Active {
     synced_len: u64,
     /// Power-loss simulation only: `<segment>.synced`, holding the fsynced length.
     synced_file: Option<File>,
+    /// Set while the next segment cannot be created: when to try again.
+    roll_retry_at: Option<Instant>,
 }
 
 impl Active {
@@ -52,6 +57,7 @@ impl Active {
             allocated: info.len,
             synced_len: info.len,
             synced_file: None,
+            roll_retry_at: None,
         };
         if fault::simulate_power_loss() {
             let side = info.path.with_extension("synced");
@@ -419,8 +425,16 @@ fn write_batch(
 }
 
 /// Seals the active segment once it is full and starts the next one at `last + 1`.
+///
+/// If the next segment cannot be created (a full disk, no file descriptor left), nothing is
+/// lost: the full segment stays active and grows past its size until a later try, every
+/// `ROLL_RETRY`, succeeds. That is safe only once no trace of the failed segment is left on
+/// disk (startup would take it for the newest segment, and the records still going into this
+/// one for a gap before it), so a failure to remove it durably is fatal.
 fn maybe_roll(shared: &Shared, active: &mut Active, last: u64) -> Result<()> {
-    if active.len < shared.config.segment_bytes {
+    if active.len < shared.config.segment_bytes
+        || active.roll_retry_at.is_some_and(|t| Instant::now() < t)
+    {
         return Ok(());
     }
     let preallocated = active.allocated > active.len;
@@ -437,7 +451,32 @@ fn maybe_roll(shared: &Shared, active: &mut Active, last: u64) -> Result<()> {
         let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
         st.synced = st.synced.max(last);
     }
-    let (f, info) = segment::create(&shared.dir, last + 1)?;
+    let created = segment::create(&shared.dir, last + 1).and_then(|c| {
+        if shared.config.faults.roll_error() {
+            // As if the header's fsync failed: the file exists, the roll does not happen.
+            let enospc = io::Error::from_raw_os_error(28);
+            return Err(Error::io(format!("writing {}", c.1.path.display()), enospc));
+        }
+        Ok(c)
+    });
+    let (f, info) = match created {
+        Ok(c) => c,
+        Err(e) => {
+            segment::discard(&shared.dir, last + 1)?;
+            if active.roll_retry_at.is_none() {
+                warn!(
+                    "cannot start a new WAL segment ({e}); appending to the full one until it \
+                     can, retrying every {} ms",
+                    ROLL_RETRY.as_millis()
+                );
+            }
+            active.roll_retry_at = Some(Instant::now() + ROLL_RETRY);
+            return Ok(());
+        }
+    };
+    if active.roll_retry_at.is_some() {
+        info!(first_lsn = last + 1, "started a new WAL segment after all");
+    }
     *active = Active::new(f, &info)?;
     shared.disk_bytes.fetch_add(info.len, Ordering::Relaxed);
     shared
