@@ -25,6 +25,14 @@ fn incr(key: &str) -> IncrRequest {
     }
 }
 
+/// An in-process server on `dir` whose I/O faults the test switches.
+async fn start_with_faults(dir: &std::path::Path) -> (InProc, Arc<Faults>) {
+    let faults = Arc::new(Faults::default());
+    let mut cfg = Config::new(dir);
+    cfg.faults = faults.clone();
+    (InProc::start(cfg, Arc::new(SystemClock)).await, faults)
+}
+
 fn reopen(dir: &std::path::Path) -> Arc<Engine> {
     Engine::open(Config::new(dir), Arc::new(SystemClock)).unwrap()
 }
@@ -39,10 +47,7 @@ fn value(e: &Engine, key: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_fsync_is_fail_stop_and_restart_keeps_every_acknowledged_write() {
     let d = tempfile::tempdir().unwrap();
-    let faults = Arc::new(Faults::default());
-    let mut cfg = Config::new(d.path());
-    cfg.faults = faults.clone();
-    let s = InProc::start(cfg, Arc::new(SystemClock)).await;
+    let (s, faults) = start_with_faults(d.path()).await;
     let mut c = s.client().await;
     for i in 1..=10 {
         assert_eq!(c.incr(incr("n")).await.unwrap().into_inner().value, i);
@@ -92,10 +97,7 @@ async fn a_failed_fsync_is_fail_stop_and_restart_keeps_every_acknowledged_write(
 #[tokio::test(flavor = "multi_thread")]
 async fn an_error_that_reveals_a_value_waits_for_it_to_be_durable() {
     let d = tempfile::tempdir().unwrap();
-    let faults = Arc::new(Faults::default());
-    let mut cfg = Config::new(d.path());
-    cfg.faults = faults.clone();
-    let s = InProc::start(cfg, Arc::new(SystemClock)).await;
+    let (s, faults) = start_with_faults(d.path()).await;
     let mut c = s.client().await;
     let set = |value: &str| SetRequest {
         key: "s".into(),
@@ -143,10 +145,7 @@ async fn an_error_that_reveals_a_value_waits_for_it_to_be_durable() {
 #[tokio::test(flavor = "multi_thread")]
 async fn enospc_refuses_writes_loses_nothing_and_heals_when_space_returns() {
     let d = tempfile::tempdir().unwrap();
-    let faults = Arc::new(Faults::default());
-    let mut cfg = Config::new(d.path());
-    cfg.faults = faults.clone();
-    let s = InProc::start(cfg, Arc::new(SystemClock)).await;
+    let (s, faults) = start_with_faults(d.path()).await;
     let mut c = s.client().await;
     for _ in 0..10 {
         c.incr(incr("n")).await.unwrap();
