@@ -9,9 +9,10 @@
 
 use std::io;
 
-/// Descriptors kept for everything that is not a client: the engine (WAL segments, sled's
-/// files, checkpoint fsyncs, LOCK), listeners, the runtime and std streams. A server uses
-/// about 16 of them when idle.
+/// Descriptors kept for everything that is not an admitted client: the engine (WAL segments,
+/// sled's files, checkpoint fsyncs, LOCK), listeners, the runtime and std streams (a server
+/// uses about 16 of them when idle), and up to `grpc::REFUSAL_SLOTS` (32) gRPC connections
+/// over the cap that are being told why.
 pub const RESERVED_FDS: u64 = 128;
 
 /// The connection caps that fit, and the limit they fit in.

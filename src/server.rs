@@ -9,21 +9,15 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::net::TcpListener;
+use tonic::service::InterceptorLayer;
 use tonic::transport::Server;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::{info, warn};
 
 use crate::config::MAX_REQUEST_BYTES;
 use crate::engine::Engine;
 use crate::grpc::pb::counter_service_server::CounterServiceServer;
 use crate::grpc::{FILE_DESCRIPTOR_SET, Service};
-use crate::listen::{Accepted, Acceptor};
 
 /// Hard ceiling at which tonic itself refuses a message (OUT_OF_RANGE, naming the limit).
 /// Between `MAX_REQUEST_BYTES` and this, our own check answers INVALID_ARGUMENT.
@@ -136,9 +130,10 @@ pub async fn run(
         ))
     });
     info!(addr = %listeners.grpc.local_addr()?, "serving gRPC");
-    let incoming = grpc_incoming(listeners.grpc, options.max_grpc_connections);
+    let incoming = crate::grpc::incoming(listeners.grpc, options.max_grpc_connections);
     let mut grpc_stop = stop_rx.clone();
     let grpc = Server::builder()
+        .layer(InterceptorLayer::new(crate::grpc::refuse_over_limit))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -165,80 +160,4 @@ pub async fn run(
     tokio::task::spawn_blocking(move || engine.close()).await??;
     info!("stopped");
     Ok(())
-}
-
-/// The gRPC listener as tonic's incoming stream: at most `max` connections (see `listen`); one
-/// over the limit is closed at once, before any HTTP/2, and the stream moves on.
-fn grpc_incoming(
-    listener: TcpListener,
-    max: usize,
-) -> impl futures_util::Stream<Item = std::io::Result<GrpcConn>> {
-    let acceptor = Acceptor::new(listener, max, "gRPC", "--max-grpc-connections");
-    futures_util::stream::unfold(acceptor, |mut acceptor| async move {
-        loop {
-            if let Accepted::Admitted(stream, permit) = acceptor.next().await {
-                // TCP_NODELAY: a reply is a few small HTTP/2 frames; Nagle would hold them back.
-                let _ = stream.set_nodelay(true);
-                let conn = GrpcConn {
-                    stream,
-                    _permit: permit,
-                };
-                return Some((Ok(conn), acceptor));
-            }
-        }
-    })
-}
-
-/// An admitted gRPC connection: the socket, and the slot it holds until tonic drops it.
-struct GrpcConn {
-    stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Connected for GrpcConn {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
-impl AsyncRead for GrpcConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for GrpcConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
 }

@@ -2,11 +2,13 @@
 //! with a pure function, call the engine, wait for the WAL to acknowledge, and translate errors
 //! in one place (`status`).
 
+mod incoming;
 pub mod pb;
 mod service;
 mod status;
 mod validate;
 
+pub use incoming::{incoming, refuse_over_limit};
 pub use service::Service;
 
 /// The encoded descriptor set of `proto/`, for server reflection.
