@@ -205,8 +205,13 @@ fn max_clients_refuses_the_next_connection_until_one_closes() {
     let mut refused = Resp::connect(&p.resp);
     assert_eq!(refused.reply(), "-ERR max number of clients reached\r\n");
     assert!(refused.closed());
-    // The open ones are unaffected.
+    // The open ones are unaffected, and INFO counts the refusal.
     assert_eq!(open[1].cmd(&["INCR", "n"]), ":4\r\n");
+    let stats = open[1].cmd(&["INFO", "stats"]);
+    assert!(
+        stats.contains("total_connections_received:3\r\nrejected_connections:1\r\n"),
+        "{stats}"
+    );
     // Closing one frees its slot (once the server has seen the close).
     drop(open.pop());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

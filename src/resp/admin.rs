@@ -248,6 +248,15 @@ fn info(section: Option<&[u8]>, shared: &Shared) -> String {
             st.wal_fsyncs
         );
     }
+    if want("stats") {
+        out += &format!(
+            "# Stats\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\n\
+             expired_keys:{}\r\n\r\n",
+            shared.next_id.load(Ordering::Relaxed) - 1,
+            shared.rejected.load(Ordering::Relaxed),
+            st.expired
+        );
+    }
     if want("keyspace") {
         out += "# Keyspace\r\n";
         if st.keys > 0 {

@@ -21,7 +21,7 @@ pub use admin::REDIS_VERSION;
 pub use parse::{MAX_ARGS, MAX_BULK, MAX_INLINE, MAX_REQUEST};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
@@ -37,7 +37,10 @@ use crate::wal::FsyncMode;
 pub struct Shared {
     engine: Arc<Engine>,
     clients: AtomicUsize,
+    /// One past the id of the newest connection (ids start at 1).
     next_id: AtomicU64,
+    /// Connections refused over `max_clients` (Redis's `rejected_connections`).
+    rejected: AtomicU64,
     started: Instant,
     port: u16,
     fsync_name: &'static str,
@@ -68,6 +71,7 @@ pub async fn serve(
         engine,
         clients: AtomicUsize::new(0),
         next_id: AtomicU64::new(1),
+        rejected: AtomicU64::new(0),
         started: Instant::now(),
         port,
         fsync_name,
@@ -80,9 +84,12 @@ pub async fn serve(
                 Accepted::Admitted(sock, p) => {
                     drop(tokio::spawn(conn::run(shared.clone(), sock, for_conns.clone(), p)))
                 }
-                Accepted::Refused(mut sock) => drop(tokio::spawn(async move {
-                    let _ = sock.write_all(b"-ERR max number of clients reached\r\n").await;
-                })),
+                Accepted::Refused(mut sock) => {
+                    shared.rejected.fetch_add(1, Ordering::Relaxed);
+                    drop(tokio::spawn(async move {
+                        let _ = sock.write_all(b"-ERR max number of clients reached\r\n").await;
+                    }))
+                }
             },
             _ = stopped(&mut shutdown) => break,
         }
