@@ -34,6 +34,11 @@ pub const DEFAULT_MAX_CLIENTS: usize = 10_000;
 /// Default cap on gRPC connections at once (`--max-grpc-connections`). A gRPC client
 /// multiplexes its calls over one connection, so this is roughly a cap on client processes.
 pub const DEFAULT_MAX_GRPC_CONNECTIONS: usize = 4096;
+/// TCP keepalive on client connections, as Redis's default `tcp-keepalive 300`: probes start
+/// after this long idle, every third of it, three of them. A client that vanished without
+/// closing (a crashed host, a cut network) is noticed within about twice this, and its
+/// connection slot is freed.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(300);
 /// Default time after which new writes are checkpointed even under light load.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 

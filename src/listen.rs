@@ -6,8 +6,10 @@
 //! permit of a semaphore, held for the connection's life) and hands the caller the ones over
 //! the limit to refuse; `fds` makes sure the limits fit the process's open-file limit.
 //!
-//! Accept errors (EMFILE and the like) back off instead of spinning, and are logged once per
-//! episode rather than per attempt; refusals are logged at most once per `LOG_EVERY`.
+//! Admitted connections get TCP keepalive (`config::TCP_KEEPALIVE`), so the slot of a client
+//! that vanished without closing is freed. Accept errors (EMFILE and the like) back off instead
+//! of spinning, and are logged once per episode rather than per attempt; refusals are logged at
+//! most once per `LOG_EVERY`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,7 +93,10 @@ impl Acceptor {
                         self.failing = false;
                     }
                     return match self.permits.clone().try_acquire_owned() {
-                        Ok(p) => Accepted::Admitted(sock, p),
+                        Ok(p) => {
+                            keepalive(&sock);
+                            Accepted::Admitted(sock, p)
+                        }
                         Err(_) => {
                             self.log_refusal();
                             Accepted::Refused(sock)
@@ -126,5 +131,57 @@ impl Acceptor {
             self.refused = 0;
             self.refusals_logged = Some(Instant::now());
         }
+    }
+}
+
+/// Turns on TCP keepalive with Redis's timing (see `config::TCP_KEEPALIVE`). A socket that
+/// refuses it still serves; it only loses the dead-peer check.
+fn keepalive(sock: &TcpStream) {
+    let idle = crate::config::TCP_KEEPALIVE;
+    let params = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(idle / 3)
+        .with_retries(3);
+    if let Err(e) = socket2::SockRef::from(sock).set_tcp_keepalive(&params) {
+        tracing::debug!("TCP keepalive not set: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    fn sockopt(sock: &TcpStream, level: libc::c_int, name: libc::c_int) -> libc::c_int {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `v`, which we own.
+        let r = unsafe {
+            libc::getsockopt(sock.as_raw_fd(), level, name, (&raw mut v).cast(), &mut len)
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        v
+    }
+
+    #[tokio::test]
+    async fn admitted_connections_get_keepalive_and_the_cap_refuses_the_next() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut a = Acceptor::new(l, 1, "test", "--test");
+        let _c1 = TcpStream::connect(addr).await.unwrap();
+        let _c2 = TcpStream::connect(addr).await.unwrap();
+        let Accepted::Admitted(s, _permit) = a.next().await else {
+            panic!("the first connection was refused");
+        };
+        assert_eq!(sockopt(&s, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        let idle = crate::config::TCP_KEEPALIVE.as_secs() as libc::c_int;
+        assert_eq!(sockopt(&s, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), idle);
+        assert_eq!(
+            sockopt(&s, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+            idle / 3
+        );
+        assert_eq!(sockopt(&s, libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 3);
+        assert!(matches!(a.next().await, Accepted::Refused(_)));
     }
 }
