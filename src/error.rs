@@ -18,7 +18,7 @@ pub enum Error {
     NotFloat,
     /// INCRBYFLOAT would produce NaN or an infinity.
     NanOrInfinity,
-    /// An expiry argument is out of range (Redis: "invalid expire time in '<cmd>' command").
+    /// An expiry argument is out of range (Redis: "invalid expire time in '`<cmd>`' command").
     InvalidExpireTime(&'static str),
     /// The request is malformed or breaks a documented limit; the message names it.
     InvalidArgument(String),

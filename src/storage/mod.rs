@@ -120,7 +120,7 @@ impl Store {
     /// Opens (or creates) the store in `path`. The caller holds the data directory's LOCK, so
     /// if sled's own file lock is still held it can only be by a previous store of this process
     /// that is being dropped: sled's IO threads release their references a moment after the
-    /// `Db` goes. We retry for up to [`OPEN_RETRY`] rather than fail.
+    /// `Db` goes. We retry for up to `OPEN_RETRY` rather than fail.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Store> {
         let started = std::time::Instant::now();
         loop {
