@@ -2,9 +2,10 @@
 //!
 //! Every connection holds a file descriptor, and so does every WAL segment the writer creates
 //! and every file a checkpoint fsyncs: if clients could take them all, the WAL could not roll
-//! to a new segment nor be checkpointed, and would grow without bound. So each listener admits at most a fixed number of connections (a
-//! permit of a semaphore, held for the connection's life) and hands the caller the ones over
-//! the limit to refuse; `fds` makes sure the limits fit the process's open-file limit.
+//! to a new segment nor be checkpointed, and would grow without bound. So each listener admits
+//! at most a fixed number of connections (a permit of a semaphore, held for the connection's
+//! life) and hands the caller the ones over the limit to refuse; `fds` makes sure the limits
+//! fit the process's open-file limit.
 //!
 //! Admitted connections get TCP keepalive (`config::TCP_KEEPALIVE`), so the slot of a client
 //! that vanished without closing is freed. Accept errors (EMFILE and the like) back off instead

@@ -1,10 +1,10 @@
 //! Server lifecycle: `run(engine, listeners, shutdown, options)` serves gRPC (with health and
 //! reflection) and, if given a listener, the Redis protocol, starts the expiry sweeper, and,
 //! when `shutdown` resolves, stops accepting, lets in-flight calls and open RESP batches finish,
-//! then closes the engine (drain and fsync the WAL, checkpoint sled). Calls still open after the shutdown grace
-//! (streams that never end on their own, such as `Health/Watch`) are closed, so a watching load
-//! balancer cannot hold a shutdown open. Both listeners admit a capped number of connections
-//! (`listen`; the caps are in [`Options`]).
+//! then closes the engine (drain and fsync the WAL, checkpoint sled). Calls still open after
+//! the shutdown grace (streams that never end on their own, such as `Health/Watch`) are closed,
+//! so a watching load balancer cannot hold a shutdown open. Both listeners admit a capped
+//! number of connections (`listen`; the caps are in [`Options`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,8 +34,8 @@ pub struct Options {
     pub shutdown_grace: std::time::Duration,
     /// Most Redis-protocol connections at once (Redis's `maxclients`).
     pub max_clients: usize,
-    /// Most gRPC connections at once; one over it is closed at once (the client sees
-    /// UNAVAILABLE and retries).
+    /// Most gRPC connections at once; calls on one over it get UNAVAILABLE (see
+    /// `grpc::incoming`).
     pub max_grpc_connections: usize,
 }
 

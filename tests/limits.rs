@@ -66,6 +66,14 @@ async fn grpc_connection_limit_refuses_the_next_and_frees_a_slot_on_close() {
             && third.contains("--max-grpc-connections"),
         "{third}"
     );
+    // ...and a connection over the cap is closed after its 1 s grace, whatever the client does.
+    let mut raw = TcpStream::connect(p.addr.trim_start_matches("http://")).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t = Instant::now();
+    let mut sink = Vec::new();
+    raw.read_to_end(&mut sink)
+        .expect("closed by the server, not timed out");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     // The two open connections are unaffected.
     assert_eq!(a.incr(incr("n")).await.unwrap().into_inner().value, 3);
     assert_eq!(b.incr(incr("n")).await.unwrap().into_inner().value, 4);

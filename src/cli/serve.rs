@@ -60,9 +60,10 @@ pub struct Args {
     #[arg(long, default_value_t = config::DEFAULT_MAX_CLIENTS as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_clients: u32,
-    /// Most gRPC connections at once. One over the limit is closed at once (the client sees
-    /// UNAVAILABLE and retries); open connections are unaffected. A gRPC client multiplexes
-    /// its calls over one connection, so this is roughly a cap on client processes.
+    /// Most gRPC connections at once. Calls on one over the limit get UNAVAILABLE ("too many
+    /// gRPC connections") and it is closed after 1 s; open connections are unaffected. A gRPC
+    /// client multiplexes its calls over one connection, so this is roughly a cap on client
+    /// processes.
     #[arg(long, default_value_t = config::DEFAULT_MAX_GRPC_CONNECTIONS as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_grpc_connections: u32,
@@ -149,9 +150,10 @@ fn fit_connections(resp: usize, grpc: usize) -> Result<tally::fds::Budget, Strin
     let b = tally::fds::fit(resp, grpc).map_err(|e| format!("reading the open-file limit: {e}"))?;
     if (b.resp, b.grpc) != (resp, grpc) {
         tracing::warn!(
-            "the open-file limit is {} and cannot be raised further: serving at most {} RESP and {} gRPC \
-             connections instead of {resp} and {grpc}, keeping {} descriptors for the WAL and \
-             sled; raise the hard limit (ulimit -Hn, LimitNOFILE=) to at least {} for the full caps",
+            "the open-file limit is {} and cannot be raised further: serving at most {} RESP \
+             and {} gRPC connections instead of {resp} and {grpc}, keeping {} descriptors for \
+             the WAL and sled; raise the hard limit (ulimit -Hn, LimitNOFILE=) to at least {} \
+             for the full caps",
             b.limit,
             b.resp,
             b.grpc,
