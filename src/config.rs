@@ -17,6 +17,11 @@ pub const MAX_VALUE_BYTES: usize = 1 << 20;
 pub const MAX_KEYS_PER_REQUEST: usize = 10_000;
 /// Largest encoded gRPC request we process; bigger ones get INVALID_ARGUMENT.
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Most commands one MULTI may queue (RESP). The next one is refused and EXEC aborts.
+pub const MAX_MULTI_COMMANDS: usize = 100_000;
+/// Most argument bytes one MULTI may queue (RESP): the size of the largest WAL record
+/// ([`crate::wal::record::MAX_BODY`]), since a transaction is one record.
+pub const MAX_MULTI_BYTES: usize = crate::wal::record::MAX_BODY;
 /// Interval between fsyncs in `--fsync periodic`.
 pub const PERIODIC_FSYNC: Duration = Duration::from_millis(100);
 /// Default size at which a WAL segment is sealed.

@@ -6,7 +6,7 @@
 //! them to land crashes exactly there. Unarmed, a check is one relaxed atomic load.
 //!
 //! **I/O faults** ([`Faults`]) are per engine: an fsync that fails, a write that hits ENOSPC,
-//! a new WAL segment that cannot be created, and (for proving the torture harness has teeth)
+//! a new WAL segment that cannot be created, a checkpoint's fsync of sled that fails, and (for proving the torture harness has teeth)
 //! an fsync that is silently skipped. The CLI
 //! arms them from `TALLY_FAULTS=fsync-error,enospc,skip-fsync`; tests toggle them directly.
 //!
@@ -105,11 +105,12 @@ pub struct Faults {
     enospc: AtomicBool,
     skip_fsync: AtomicBool,
     roll_error: AtomicBool,
+    checkpoint_fsync_error: AtomicBool,
 }
 
 impl Faults {
     /// Faults named in `TALLY_FAULTS` (comma-separated: fsync-error, enospc, skip-fsync,
-    /// roll-error).
+    /// roll-error, checkpoint-fsync-error).
     pub fn from_env() -> Faults {
         let f = Faults::default();
         for name in std::env::var("TALLY_FAULTS").unwrap_or_default().split(',') {
@@ -118,6 +119,7 @@ impl Faults {
                 "enospc" => f.set_enospc(true),
                 "skip-fsync" => f.set_skip_fsync(true),
                 "roll-error" => f.set_roll_error(true),
+                "checkpoint-fsync-error" => f.set_checkpoint_fsync_error(true),
                 _ => {}
             }
         }
@@ -144,6 +146,15 @@ impl Faults {
     /// failed with ENOSPC).
     pub fn set_roll_error(&self, on: bool) {
         self.roll_error.store(on, Ordering::SeqCst);
+    }
+
+    /// Every fsync of sled's files at a checkpoint fails with EIO.
+    pub fn set_checkpoint_fsync_error(&self, on: bool) {
+        self.checkpoint_fsync_error.store(on, Ordering::SeqCst);
+    }
+
+    pub(crate) fn checkpoint_fsync_error(&self) -> bool {
+        self.checkpoint_fsync_error.load(Ordering::Relaxed)
     }
 
     pub(crate) fn roll_error(&self) -> bool {

@@ -323,3 +323,54 @@ fn a_failed_segment_roll_keeps_appending_and_rolls_once_it_can() {
     drop(wal);
     assert_eq!(logged_keys(d.path()), keys);
 }
+
+/// A checkpoint whose fsync of sled fails is fail-stop: Linux may have dropped the dirty pages,
+/// so a retry that "succeeds" would let the checkpoint delete the WAL that is their only copy.
+#[test]
+fn a_failed_checkpoint_fsync_is_fail_stop_and_keeps_the_wal() {
+    let d = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let mut cfg = Config::new(d.path());
+    cfg.faults = faults.clone();
+    cfg.segment_bytes = 4096; // several sealed segments a checkpoint would remove
+    cfg.checkpoint_bytes = u64::MAX;
+    cfg.checkpoint_interval = Duration::from_secs(3600);
+    let e = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
+    for i in 1..=300 {
+        let a = e.incr(format!("k{}", i % 7).as_bytes(), 1).unwrap();
+        e.wait(a.lsn).unwrap();
+    }
+    let before = e.stats();
+    assert!(before.wal_segments > 2, "{before:?}");
+    faults.set_checkpoint_fsync_error(true);
+    let err = e.checkpoint().unwrap_err().to_string();
+    assert!(
+        err.contains("checkpoint failed") && err.contains("no further writes are accepted"),
+        "{err}"
+    );
+    // The fault is gone, but nothing is retried: no checkpoint, no write, health goes down.
+    faults.set_checkpoint_fsync_error(false);
+    assert!(
+        e.checkpoint().is_err(),
+        "a checkpoint ran after a failed fsync"
+    );
+    assert!(matches!(
+        e.incr(b"after", 1),
+        Err(tally::Error::Unavailable(_))
+    ));
+    assert!(e.failure().is_some());
+    let after = e.stats();
+    assert_eq!(after.checkpoint_lsn, before.checkpoint_lsn);
+    assert_eq!(
+        after.wal_segments, before.wal_segments,
+        "WAL segments removed"
+    );
+    e.close().unwrap();
+    drop(e);
+    let e = reopen(d.path());
+    let total: i64 = (0..7)
+        .map(|k| value(&e, &format!("k{k}")).unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(total, 300);
+    assert_eq!(value(&e, "after"), None);
+}

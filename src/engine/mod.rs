@@ -47,7 +47,7 @@ use crate::clock::Clock;
 use crate::config::{self, Config};
 use crate::error::{Error, Result};
 use crate::fault::{self, Point};
-use crate::storage::{Delta, Store};
+use crate::storage::{Delta, Store, SyncFailure};
 use crate::wal::{Op, Waiter, Wal, WalConfig};
 
 /// Number of key-lock stripes. Two keys share a stripe with probability 1/STRIPES; that only
@@ -348,23 +348,43 @@ impl Engine {
         // fsynced LSN rather than the newest, the checkpoint never runs ahead of the durable
         // log: after a power loss the WAL still reaches at least `l`, so recovery continues the
         // LSN sequence in the newest segment. (sled may hold newer, unacknowledged effects.)
+        if let Some(why) = self.wal.failure() {
+            return Err(Error::Unavailable(why));
+        }
         let l = self.wal.synced_lsn();
         if l == *last {
             return Ok(l);
         }
         let started = Instant::now();
-        if fault::simulate_power_loss() {
+        let synced = if fault::simulate_power_loss() {
             // Keep a copy of sled exactly as synced, taken with appends paused so the files are
             // quiet and consistent: torture's power loss rolls sled back to it.
-            self.wal.with_appends_paused(|| -> Result<()> {
-                self.store.sync()?;
+            self.wal.with_appends_paused(|| {
+                self.store.sync(&self.config.faults)?;
                 snapshot_dir(
                     &self.config.data_dir.join("sled"),
                     &self.config.data_dir.join("sled.synced"),
                 )
-            })?;
+                .map_err(SyncFailure::Retry)
+            })
         } else {
-            self.store.sync()?;
+            self.store.sync(&self.config.faults)
+        };
+        match synced {
+            Ok(()) => {}
+            Err(SyncFailure::Retry(e)) => return Err(e),
+            Err(SyncFailure::Fsync(e)) => {
+                // Never retried: the kernel may have dropped sled's dirty pages, and a later
+                // fsync that "succeeds" would let us delete the WAL that is now their only copy.
+                // Keep every segment, take no more checkpoints, refuse writes (fail-stop, as for
+                // the WAL's fsync); a restart replays the WAL from the last good checkpoint.
+                let msg = format!(
+                    "checkpoint failed: {e}; sled's files may have lost writes, so the WAL is \
+                     kept and no further writes are accepted (restart to recover from the WAL)"
+                );
+                self.wal.fail_stop(msg.clone());
+                return Err(Error::Unavailable(msg));
+            }
         }
         checkpoint::write(&self.config.data_dir, l)?;
         *last = l;

@@ -22,6 +22,7 @@ use super::command::{self, Cmd, arity_error};
 use super::parse::{self, ProtocolError};
 use super::reply::Reply;
 use super::{Shared, stopped};
+use crate::config::{MAX_MULTI_BYTES, MAX_MULTI_COMMANDS};
 
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
@@ -30,6 +31,8 @@ struct Conn {
     session: Session,
     /// Queued commands while in MULTI.
     multi: Option<Vec<Vec<Bytes>>>,
+    /// Argument bytes queued in `multi` (capped at `config::MAX_MULTI_BYTES`).
+    queued_bytes: usize,
     /// A queue-time error happened inside MULTI: EXEC must abort.
     dirty: bool,
 }
@@ -67,6 +70,7 @@ pub async fn run(
             name: None,
         },
         multi: None,
+        queued_bytes: 0,
         dirty: false,
     };
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -162,6 +166,7 @@ impl Conn {
             }
             "multi" => {
                 self.multi = Some(Vec::new());
+                self.queued_bytes = 0;
                 return reply(Reply::Ok);
             }
             "exec" => return self.exec(shared),
@@ -175,6 +180,17 @@ impl Conn {
             _ => {}
         }
         if let Some(queue) = &mut self.multi {
+            let bytes: usize = args.iter().map(Bytes::len).sum();
+            if queue.len() >= MAX_MULTI_COMMANDS || self.queued_bytes + bytes > MAX_MULTI_BYTES {
+                // EXEC will abort anyway: free what is queued now rather than at EXEC.
+                queue.clear();
+                self.dirty = true;
+                return reply(Reply::err(format!(
+                    "MULTI queue limit reached (at most {MAX_MULTI_COMMANDS} commands and \
+                     {MAX_MULTI_BYTES} bytes of arguments per transaction); EXEC will fail"
+                )));
+            }
+            self.queued_bytes += bytes;
             queue.push(args);
             return reply(Reply::Status("QUEUED"));
         }

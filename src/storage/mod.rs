@@ -25,6 +25,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::fault::Faults;
 use crate::wal::Op;
 
 /// How long `open` waits for a sled lock left by a store of this process being dropped.
@@ -264,29 +265,52 @@ impl Store {
     /// Makes everything applied so far durable: sled's `flush()` writes its buffers with `pwrite`
     /// and `sync_file_range` (which flushes neither metadata nor the device cache), so we then
     /// `fsync` every file and directory sled keeps. fsync acts on the inode, whichever descriptor
-    /// wrote it, so this covers sled's own writes.
-    pub fn sync(&self) -> Result<()> {
-        self.db.flush()?;
-        sync_tree(&self.path)
+    /// wrote it, so this covers sled's own writes. `faults` can make the fsyncs fail (tests).
+    pub fn sync(&self, faults: &Faults) -> Result<(), SyncFailure> {
+        self.db.flush().map_err(|e| SyncFailure::Fsync(e.into()))?;
+        sync_tree(&self.path, faults)
     }
 }
 
-fn sync_tree(dir: &Path) -> Result<()> {
-    let rd =
-        std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+/// How [`Store::sync`] failed, which decides what the engine may do next.
+#[derive(Debug)]
+pub enum SyncFailure {
+    /// No fsync failed (a directory could not be listed, a file opened): nothing was lost, a
+    /// later checkpoint can try again.
+    Retry(Error),
+    /// sled's flush or an fsync failed. Linux may have dropped the dirty pages and marked them
+    /// clean, so a retry could "succeed" without the data: the state in sled's files is unknown
+    /// and no checkpoint may ever claim it (fail-stop, as for the WAL's own fsync).
+    Fsync(Error),
+}
+
+fn sync_tree(dir: &Path, faults: &Faults) -> Result<(), SyncFailure> {
+    let retry = |what: String, e| SyncFailure::Retry(Error::io(what, e));
+    let rd = std::fs::read_dir(dir).map_err(|e| retry(format!("reading {}", dir.display()), e))?;
     for entry in rd {
-        let entry = entry.map_err(|e| Error::io("listing sled directory", e))?;
+        let entry = entry.map_err(|e| retry("listing sled directory".into(), e))?;
         let path = entry.path();
         let ft = entry
             .file_type()
-            .map_err(|e| Error::io("stat in sled directory", e))?;
+            .map_err(|e| retry("stat in sled directory".into(), e))?;
         if ft.is_dir() {
-            sync_tree(&path)?;
+            sync_tree(&path, faults)?;
         } else if ft.is_file() {
-            std::fs::File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| Error::io(format!("fsync of {}", path.display()), e))?;
+            let f = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                // sled removed it (an old snapshot) since the listing: nothing to make durable.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(retry(format!("opening {}", path.display()), e)),
+            };
+            let synced = if faults.checkpoint_fsync_error() {
+                Err(std::io::Error::from_raw_os_error(5)) // EIO
+            } else {
+                f.sync_all()
+            };
+            synced.map_err(|e| {
+                SyncFailure::Fsync(Error::io(format!("fsync of {}", path.display()), e))
+            })?;
         }
     }
-    crate::wal::segment::sync_dir(dir)
+    crate::wal::segment::sync_dir(dir).map_err(SyncFailure::Fsync)
 }

@@ -243,7 +243,10 @@ impl Wal {
     /// succeeds. The engine applies the record to its state here, so that (1) LSN order is
     /// apply order, and (2) every LSN `<= last_lsn()` is already applied, which is what makes a
     /// checkpoint at `last_lsn()` sound. Nothing is applied when the log refuses appends.
+    /// A record too large for the reader ([`record::MAX_BODY`]) is refused with
+    /// `InvalidArgument` before anything is applied.
     pub fn append_with(&self, ops: &[Op], apply: impl FnOnce() -> Result<()>) -> Result<u64> {
+        record::check_size(ops)?;
         let mut st = self.lock();
         if let Some(m) = &st.failed {
             return Err(Error::Unavailable(m.clone()));
@@ -389,6 +392,14 @@ impl Wal {
         if let Some(h) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = h.join();
         }
+    }
+
+    /// Stops acknowledging writes for good, as a failed WAL fsync does (the engine calls this
+    /// when a checkpoint's fsync of sled fails). Pending waiters get `Error::Unavailable(msg)`;
+    /// the first failure's message stands.
+    pub fn fail_stop(&self, msg: String) {
+        writer::fail(&self.shared, msg);
+        self.shared.work.notify_all();
     }
 
     /// Why the log stopped acknowledging writes, if it did (fail-stop).

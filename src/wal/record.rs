@@ -23,7 +23,8 @@ use crate::error::{Error, Result};
 
 /// Bytes before the body: len, len_crc, body_crc.
 pub const FRAME_HEADER: usize = 12;
-/// Largest body a reader accepts; anything larger is damage, not data.
+/// Largest body a reader accepts; anything larger is damage, not data. The writer refuses to
+/// append a larger one ([`check_size`]), so every record written can be read back.
 pub const MAX_BODY: usize = 64 << 20;
 
 const TAG_PUT: u8 = 1;
@@ -67,10 +68,33 @@ pub struct Record {
     pub ops: Vec<Op>,
 }
 
+/// Size of the body of a record holding `ops`.
+pub fn body_len(ops: &[Op]) -> usize {
+    8 + 4 + ops.iter().map(Op::encoded_len).sum::<usize>()
+}
+
+/// Refuses `ops` as one record if its body would exceed [`MAX_BODY`]: the reader would take
+/// such a record for damage and refuse to start. Checked before anything is applied.
+pub fn check_size(ops: &[Op]) -> Result<()> {
+    let n = body_len(ops);
+    if n > MAX_BODY {
+        return Err(Error::InvalidArgument(format!(
+            "the change is {n} bytes as one write-ahead-log record; the maximum for one command \
+             or transaction is {MAX_BODY} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// Appends the framed record `(lsn, ops)` to `buf` without an intermediate allocation.
+/// The caller has checked the size ([`check_size`]).
 pub fn encode(buf: &mut Vec<u8>, lsn: u64, ops: &[Op]) {
-    let body_len = 8 + 4 + ops.iter().map(Op::encoded_len).sum::<usize>();
-    let len = u32::try_from(body_len).expect("record larger than 4 GiB");
+    let body_len = body_len(ops);
+    assert!(
+        body_len <= MAX_BODY,
+        "record of {body_len} bytes over MAX_BODY"
+    );
+    let len = body_len as u32;
     let start = buf.len();
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(&crc32c::crc32c(&len.to_le_bytes()).to_le_bytes());
@@ -248,5 +272,29 @@ mod tests {
         assert!(matches!(decode(&buf), Frame::BadBody(..)));
         buf[1] ^= 1;
         assert!(matches!(decode(&buf), Frame::BadHeader));
+    }
+
+    #[test]
+    fn a_record_the_reader_would_refuse_is_refused_before_it_is_written() {
+        let big = |n: usize| Op::Put {
+            key: b"k".to_vec(),
+            value: vec![b'x'; n],
+            deadline_ms: None,
+        };
+        // Just at the limit: written, and read back.
+        let at_limit = big(MAX_BODY - body_len(&[big(0)]));
+        assert_eq!(body_len(std::slice::from_ref(&at_limit)), MAX_BODY);
+        check_size(std::slice::from_ref(&at_limit)).unwrap();
+        let mut buf = Vec::new();
+        encode(&mut buf, 1, std::slice::from_ref(&at_limit));
+        assert!(matches!(decode(&buf), Frame::Record(..)));
+        // One byte over (70 values of 1 MiB, say): refused with the limit in the message.
+        let ops: Vec<Op> = (0..70).map(|_| big(1 << 20)).collect();
+        let e = check_size(&ops).unwrap_err().to_string();
+        assert!(
+            e.contains("the maximum for one command or transaction is 67108864 bytes"),
+            "{e}"
+        );
+        assert!(check_size(&[big(MAX_BODY)]).is_err());
     }
 }

@@ -488,7 +488,8 @@ fn maybe_roll(shared: &Shared, active: &mut Active, last: u64) -> Result<()> {
     Ok(())
 }
 
-fn fail(shared: &Shared, msg: String) {
+/// Fails the log for good: every pending and future waiter gets `Error::Unavailable(msg)`.
+pub(super) fn fail(shared: &Shared, msg: String) {
     let waiters = {
         let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.failed.is_some() {
