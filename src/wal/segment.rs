@@ -12,10 +12,17 @@
 //!
 //! Damage rules at startup:
 //! - in the newest segment, a tail of zeros is unused space (truncated quietly); an unfinished
-//!   frame at the end, or a bad frame followed by nothing but zeros (a write cut short: its
-//!   header, or its body, with zeros where the rest was to go) is a torn write: it is truncated
-//!   with a warning that names the segment and offset (nothing in it was acknowledged, since
-//!   acks follow the fsync);
+//!   frame at the end, a bad frame followed by nothing but zeros (a write cut short: its
+//!   header, or its body, with zeros where the rest was to go), or a bad frame with a *torn
+//!   sector* is a torn write: it and everything after it is truncated with a warning that names
+//!   the segment and offset (nothing in it was acknowledged, since acks follow the fsync);
+//! - a torn sector (etcd's torn-entry check): a group commit writes many sectors at once, and a
+//!   power loss before its fsync may persist any subset of them, so a lost sector inside the
+//!   batch reads as zeros (space ahead of the records is zero-filled and files are never
+//!   reused) while later sectors of the same batch hold data. A bad frame whose bytes in some
+//!   512-byte sector (from the frame's start to the sector's end) are all zero is such a hole.
+//!   Everything after it belongs to the same unsynced batch: a later batch is written only
+//!   after this one's fsync returned, and that fsync would have made it whole;
 //! - anything else (a bad frame with data after it, damage in a sealed segment, an LSN that is not
 //!   the previous plus one, a missing segment) is corruption, and startup stops.
 
@@ -191,8 +198,14 @@ pub fn recover(
                     continue;
                 }
                 Frame::Incomplete => is_last,
-                Frame::BadHeader => is_last && zeros(&rest[FRAME_HEADER.min(rest.len())..]),
-                Frame::BadBody(_, n) => is_last && zeros(&rest[n..]),
+                Frame::BadHeader => {
+                    is_last
+                        && (zeros(&rest[FRAME_HEADER.min(rest.len())..])
+                            || torn_sector(&data, off, FRAME_HEADER))
+                }
+                Frame::BadBody(_, n) => {
+                    is_last && (zeros(&rest[n..]) || torn_sector(&data, off, n))
+                }
             };
             if !torn {
                 let what = match record::decode(rest) {
@@ -209,7 +222,8 @@ pub fn recover(
                     segment = %seg_name,
                     offset = off,
                     dropped_bytes = rest.len(),
-                    "truncating torn WAL tail (an unfinished write; it was never acknowledged)"
+                    "truncating torn WAL tail (a write cut short by a crash or power loss; it \
+                     was never acknowledged)"
                 );
             }
             truncate(seg, off as u64)?;
@@ -229,6 +243,27 @@ pub fn recover(
 
 fn zeros(b: &[u8]) -> bool {
     b.iter().all(|&x| x == 0)
+}
+
+/// The smallest unit a disk writes atomically; a power loss keeps or loses whole sectors.
+pub const SECTOR: usize = 512;
+
+/// True if the frame at `off`, `len` bytes long, lies on a sector that never reached the disk:
+/// some sector it touches is all zeros from the frame's start (or the sector's, if later) to
+/// the sector's end. The bytes of the same sector before `off` belong to the previous, durable
+/// record and are not looked at; the bytes after the frame belong to the same unsynced batch
+/// (or the zero-filled space after it), so a lost sector is zero there too.
+fn torn_sector(data: &[u8], off: usize, len: usize) -> bool {
+    let end = (off + len).min(data.len());
+    let mut at = off;
+    while at < end {
+        let sector_end = ((at / SECTOR + 1) * SECTOR).min(data.len());
+        if zeros(&data[at..sector_end]) {
+            return true;
+        }
+        at = sector_end;
+    }
+    false
 }
 
 fn truncate(seg: &mut SegmentInfo, len: u64) -> Result<()> {

@@ -50,6 +50,8 @@ pub struct Report {
     pub resurrected: u64,
     pub ttl_resets: u64,
     pub examples: Vec<String>,
+    /// Simulated power losses that left a lost sector before kept data (not a violation).
+    pub torn_tails: u64,
 }
 
 impl Report {

@@ -1,0 +1,154 @@
+//! A power loss inside a multi-sector group commit: the disk may keep any subset of the batch's
+//! sectors, so the newest segment can hold a bad frame (a lost sector, read as zeros) followed
+//! by more data of the same unacknowledged batch. Recovery truncates that as a torn tail and
+//! keeps the durable prefix; the same damage in a sealed segment, or a bad frame with no lost
+//! sector (a flipped bit), is still corruption that stops startup.
+
+use std::path::Path;
+
+use tally::wal::record::{self, Op};
+use tally::wal::segment::{self, MAGIC, SECTOR};
+
+/// Frames for LSNs `first..=last`, each holding one Put with a `value_len`-byte value.
+fn frames(first: u64, last: u64, value_len: usize) -> (Vec<u8>, Vec<usize>) {
+    let mut buf = Vec::new();
+    let mut starts = Vec::new();
+    for lsn in first..=last {
+        starts.push(buf.len());
+        let op = Op::Put {
+            key: format!("k{lsn}").into_bytes(),
+            value: vec![b'a' + (lsn % 26) as u8; value_len],
+            deadline_ms: None,
+        };
+        record::encode(&mut buf, lsn, &[op]);
+    }
+    (buf, starts)
+}
+
+/// A segment starting at `first`: the magic, then `body`, then `zeros` bytes of
+/// zero-filled space (as the writer preallocates).
+fn write_segment(dir: &Path, first: u64, body: &[u8], zeros: usize) {
+    let mut b = MAGIC.to_vec();
+    b.extend_from_slice(body);
+    b.resize(b.len() + zeros, 0);
+    std::fs::write(dir.join(segment::name(first)), b).unwrap();
+}
+
+/// Runs recovery; returns the LSNs replayed, or the error text.
+fn recover(dir: &Path) -> Result<Vec<u64>, String> {
+    let mut lsns = Vec::new();
+    segment::recover(dir, 0, &mut |r| {
+        lsns.push(r.lsn);
+        Ok(())
+    })
+    .map(|_| lsns)
+    .map_err(|e| e.to_string())
+}
+
+/// Four durable small records, then an unsynced batch of 16 records of 300 bytes (about ten
+/// sectors). Returns the segment bytes after the magic and the frame starts (file offsets).
+fn durable_then_batch() -> (Vec<u8>, Vec<usize>) {
+    let (mut body, mut starts) = frames(1, 4, 8);
+    let (batch, bstarts) = frames(5, 20, 300);
+    starts.extend(bstarts.iter().map(|s| s + body.len()));
+    body.extend_from_slice(&batch);
+    let starts = starts.iter().map(|s| s + MAGIC.len()).collect();
+    (body, starts)
+}
+
+/// Index of the frame holding file offset `at`.
+fn frame_at(starts: &[usize], at: usize) -> usize {
+    starts.iter().rposition(|&s| s <= at).unwrap()
+}
+
+#[test]
+fn a_lost_sector_inside_the_last_batch_is_a_torn_tail() {
+    let (body, starts) = durable_then_batch();
+    // Lose the third sector after the batch starts; the sectors after it reached the disk.
+    let lost = (starts[4] / SECTOR + 3) * SECTOR;
+    let k = frame_at(&starts, lost);
+    assert!(
+        k > 4 && k < 19,
+        "the hole must sit inside the batch (frame {k})"
+    );
+    let mut damaged = body.clone();
+    let off = lost - MAGIC.len();
+    damaged[off..off + SECTOR].fill(0);
+    let d = tempfile::tempdir().unwrap();
+    write_segment(d.path(), 1, &damaged, 64 << 10);
+    let lsns = recover(d.path()).expect("a torn batch must not stop startup");
+    // Frame k (LSN k + 1) lies on the lost sector: everything before it is kept, nothing after.
+    assert_eq!(lsns, (1..=k as u64).collect::<Vec<_>>());
+    let len = std::fs::metadata(d.path().join(segment::name(1)))
+        .unwrap()
+        .len();
+    assert_eq!(len as usize, starts[k], "truncated at the torn frame");
+    // And the truncated segment opens cleanly again.
+    assert_eq!(recover(d.path()).unwrap(), lsns);
+}
+
+#[test]
+fn any_subset_of_the_batch_sectors_recovers_a_prefix_of_what_was_written() {
+    let (body, starts) = durable_then_batch();
+    let batch_start = starts[4];
+    let end = MAGIC.len() + body.len();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for round in 0..300 {
+        let mut damaged = body.clone();
+        // The first unsynced sector is always lost (the hard case); each later one with p = 1/2.
+        let mut sector = batch_start / SECTOR;
+        let mut first = true;
+        while sector * SECTOR < end + (64 << 10) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if first || x.is_multiple_of(2) {
+                let from = (sector * SECTOR).max(batch_start) - MAGIC.len();
+                let to = ((sector + 1) * SECTOR).min(end) - MAGIC.len();
+                if from < to {
+                    damaged[from..to].fill(0);
+                }
+            }
+            first = false;
+            sector += 1;
+        }
+        let d = tempfile::tempdir().unwrap();
+        write_segment(d.path(), 1, &damaged, 64 << 10);
+        let lsns = recover(d.path()).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(
+            lsns.len() >= 4,
+            "round {round}: lost durable records: {lsns:?}"
+        );
+        assert_eq!(
+            lsns,
+            (1..=lsns.len() as u64).collect::<Vec<_>>(),
+            "round {round}"
+        );
+    }
+}
+
+#[test]
+fn a_flipped_bit_before_more_data_is_still_corruption() {
+    let (mut body, starts) = durable_then_batch();
+    body[starts[8] - MAGIC.len() + 40] ^= 0x10;
+    let d = tempfile::tempdir().unwrap();
+    write_segment(d.path(), 1, &body, 64 << 10);
+    let e = recover(d.path()).unwrap_err();
+    assert!(
+        e.contains(&format!("offset {}", starts[8])) && e.contains("refusing to start"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_lost_sector_in_a_sealed_segment_is_corruption() {
+    let (mut body, starts) = durable_then_batch();
+    let lost = (starts[4] / SECTOR + 3) * SECTOR - MAGIC.len();
+    body[lost..lost + SECTOR].fill(0);
+    let d = tempfile::tempdir().unwrap();
+    write_segment(d.path(), 1, &body, 0);
+    let (next, _) = frames(21, 22, 8);
+    write_segment(d.path(), 21, &next, 0);
+    let e = recover(d.path()).unwrap_err();
+    assert!(e.contains("00000000000000000001.wal"), "{e}");
+}
