@@ -22,6 +22,11 @@ pub const MAX_MULTI_COMMANDS: usize = 100_000;
 /// Most argument bytes one MULTI may queue (RESP): the size of the largest WAL record
 /// ([`crate::wal::record::MAX_BODY`]), since a transaction is one record.
 pub const MAX_MULTI_BYTES: usize = crate::wal::record::MAX_BODY;
+/// Most value bytes one command or transaction may return (RESP MGET, EXEC of many GETs):
+/// a reply is built in memory before it is sent, so this caps what one request can make the
+/// server hold (Redis's client-output-buffer-limit, made a per-reply limit). Over it the command
+/// fails with `reply too large`.
+pub const MAX_REPLY_BYTES: usize = 64 << 20;
 /// Interval between fsyncs in `--fsync periodic`.
 pub const PERIODIC_FSYNC: Duration = Duration::from_millis(100);
 /// Default size at which a WAL segment is sealed.

@@ -1,5 +1,6 @@
-//! The async edge of the WAL's acknowledgement: `acked(engine, lsn).await` resolves once the
-//! group commit covering `lsn` is done. Shared by the gRPC and RESP servers, which must not
+//! The async edges of the engine's waits, so no tokio worker ever blocks on them: `acked(engine,
+//! lsn).await` resolves once the group commit covering `lsn` is done, and `counted(engine)
+//! .await` once the startup key census is (for exact key counts). Shared by the gRPC and RESP servers, which must not
 //! import each other. Under load the WAL writer thread completes a oneshot channel. When the log
 //! is idle the caller commits inline: it blocks its tokio worker for one write + fsync (~150 µs
 //! here), which is cheaper than two thread wake-ups, and only happens when nothing else waits.
@@ -7,7 +8,7 @@
 //! the other clients' requests, so each of them would find the log idle in turn and pay a whole
 //! fsync alone (measured: 50 clients fell from 47k to 6k INCR/s).
 
-use crate::engine::Engine;
+use crate::engine::{CENSUS_WAIT, Engine};
 use crate::error::{Error, Result};
 
 /// Waits until `lsn` is acknowledged (at once if it already is).
@@ -24,6 +25,19 @@ pub async fn acked(engine: &Engine, lsn: u64) -> Result<()> {
     engine.notify(lsn, Box::new(move |r| drop(tx.send(r))));
     rx.await
         .map_err(|_| Error::Unavailable("the write-ahead log stopped".into()))?
+}
+
+/// Waits, up to [`CENSUS_WAIT`], for the startup key census (see `engine::census`); at once
+/// when it is done. After the wait the key counts may still be partial (`Stats::keys_exact`).
+pub async fn counted(engine: &Engine) {
+    if engine.census_done() {
+        return;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    engine.on_census_done(Box::new(move || {
+        let _ = tx.send(());
+    }));
+    let _ = tokio::time::timeout(CENSUS_WAIT, rx).await;
 }
 
 /// True if the current tokio runtime has another worker to run tasks while this one blocks.

@@ -6,7 +6,7 @@
 //! them to land crashes exactly there. Unarmed, a check is one relaxed atomic load.
 //!
 //! **I/O faults** ([`Faults`]) are per engine: an fsync that fails, a write that hits ENOSPC,
-//! a new WAL segment that cannot be created, a checkpoint's fsync of sled that fails, and (for proving the torture harness has teeth)
+//! a new WAL segment that cannot be created, a checkpoint's fsync of sled that fails, a paused key census, and (for proving the torture harness has teeth)
 //! an fsync that is silently skipped. The CLI
 //! arms them from `TALLY_FAULTS=fsync-error,enospc,skip-fsync`; tests toggle them directly.
 //!
@@ -106,6 +106,7 @@ pub struct Faults {
     skip_fsync: AtomicBool,
     roll_error: AtomicBool,
     checkpoint_fsync_error: AtomicBool,
+    census_paused: AtomicBool,
 }
 
 impl Faults {
@@ -151,6 +152,16 @@ impl Faults {
     /// Every fsync of sled's files at a checkpoint fails with EIO.
     pub fn set_checkpoint_fsync_error(&self, on: bool) {
         self.checkpoint_fsync_error.store(on, Ordering::SeqCst);
+    }
+
+    /// The startup key census makes no progress while set (so a test can watch callers that
+    /// wait for it).
+    pub fn set_census_paused(&self, on: bool) {
+        self.census_paused.store(on, Ordering::SeqCst);
+    }
+
+    pub(crate) fn census_paused(&self) -> bool {
+        self.census_paused.load(Ordering::Relaxed)
     }
 
     pub(crate) fn checkpoint_fsync_error(&self) -> bool {

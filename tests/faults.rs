@@ -374,3 +374,50 @@ fn a_failed_checkpoint_fsync_is_fail_stop_and_keeps_the_wal() {
     assert_eq!(total, 300);
     assert_eq!(value(&e, "after"), None);
 }
+
+/// Right after a restart the key counts come from a background census. Stats and DBSIZE wait
+/// for it without holding a tokio worker: on a one-worker runtime, other calls are served
+/// meanwhile (a blocking wait would stall them all for up to 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn waiting_for_the_key_census_blocks_no_worker() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let e = reopen(d.path());
+        for i in 0..10 {
+            let a = e.incr(format!("k{i}").as_bytes(), 1).unwrap();
+            e.wait(a.lsn).unwrap();
+        }
+        e.close().unwrap();
+    }
+    let faults = Arc::new(Faults::default());
+    faults.set_census_paused(true);
+    let mut cfg = Config::new(d.path());
+    cfg.faults = faults.clone();
+    let s = InProc::start(cfg, Arc::new(SystemClock)).await;
+    assert!(!s.engine.census_done());
+    assert!(!s.engine.stats().keys_exact);
+    let mut c = s.client().await;
+    let stats = tokio::spawn({
+        let mut c = c.clone();
+        async move { c.stats(StatsRequest {}).await.unwrap().into_inner() }
+    });
+    let resp = s.resp.clone();
+    let dbsize = tokio::task::spawn_blocking(move || {
+        let mut r = std::net::TcpStream::connect(resp).unwrap();
+        std::io::Write::write_all(&mut r, b"DBSIZE\r\n").unwrap();
+        let mut out = [0u8; 16];
+        let n = std::io::Read::read(&mut r, &mut out).unwrap();
+        String::from_utf8_lossy(&out[..n]).into_owned()
+    });
+    // Served while Stats and DBSIZE wait for the census.
+    for _ in 0..5 {
+        let r = tokio::time::timeout(Duration::from_secs(5), c.incr(incr("n"))).await;
+        assert!(r.expect("Incr stalled behind a census wait").is_ok());
+    }
+    assert!(!stats.is_finished() && !dbsize.is_finished());
+    faults.set_census_paused(false);
+    let st = stats.await.unwrap();
+    assert_eq!((st.keys, st.keys_counting), (11, false));
+    assert_eq!(dbsize.await.unwrap(), ":11\r\n");
+    s.stop().await;
+}

@@ -582,7 +582,9 @@ fn key_counts_are_exact_when_writes_race_the_startup_census() {
         keys.len() as u64,
         keys.values().filter(|t| **t).count() as u64,
     );
+    e.wait_for_census();
     let s = e.stats();
+    assert!(s.keys_exact);
     assert_eq!(
         (s.keys, s.keys_with_ttl),
         want,
@@ -591,6 +593,7 @@ fn key_counts_are_exact_when_writes_race_the_startup_census() {
     e.close().unwrap();
     drop(e);
     let e = open(dir.path()).unwrap();
+    e.wait_for_census();
     let s = e.stats();
     assert_eq!(
         (s.keys, s.keys_with_ttl),

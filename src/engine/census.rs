@@ -1,8 +1,12 @@
 //! The startup key census: after a restart the engine serves at once and counts its keys (and
 //! keys with a TTL) in the background, in key order, `census_step_keys` keys per step with
 //! appends paused. Promises: once done, `Engine::keys`/`ttl_keys` are exact, whatever writes ran
-//! meanwhile; until then `Engine::stats` waits for it (up to [`CENSUS_WAIT`]). It also adds any
-//! TTL-index entry a crash left missing (see `storage`: that should never be needed).
+//! meanwhile. Until then `Engine::stats` answers at once with the partial counts and says so
+//! (`Stats::keys_exact`): it never blocks a caller, which on the servers would be a tokio worker.
+//! Callers that want exact counts wait first: [`Engine::on_census_done`] runs a callback when
+//! the census ends (the servers await that, up to [`CENSUS_WAIT`]), and
+//! [`Engine::wait_for_census`] blocks. It also adds any TTL-index entry a crash left missing
+//! (see `storage`: that should never be needed).
 //!
 //! Why exact: a write applies and counts under the WAL lock, and a census step runs under that
 //! lock too. A write to a key at or before the cursor (already counted) adjusts the counters
@@ -19,8 +23,12 @@ use crate::error::Result;
 use crate::storage::Delta;
 use crate::wal::Op;
 
-/// How long `stats` waits for the census before answering with what is counted so far.
-const CENSUS_WAIT: Duration = Duration::from_secs(30);
+/// How long a caller that wants exact key counts should wait for the census before answering
+/// with what is counted so far (marked as partial).
+pub const CENSUS_WAIT: Duration = Duration::from_secs(30);
+
+/// A callback run once the census is done (or the engine closes).
+pub type CensusWaiter = Box<dyn FnOnce() + Send>;
 
 /// Where the census is.
 #[derive(Default)]
@@ -29,17 +37,49 @@ pub(super) struct Census {
     cursor: Mutex<Option<Vec<u8>>>,
     done: AtomicBool,
     finished: Condvar,
+    /// Run when it is done; `done` is set under this lock, so none is missed.
+    waiters: Mutex<Vec<CensusWaiter>>,
+}
+
+impl Census {
+    /// Marks the census done and runs the waiters.
+    fn finish(&self) {
+        {
+            let _w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            self.done.store(true, Ordering::Release);
+        }
+        self.release();
+    }
+
+    /// Runs the waiters registered so far (all of them once done; at close, without marking
+    /// the census done).
+    pub(super) fn release(&self) {
+        let waiters = std::mem::take(&mut *self.waiters.lock().unwrap_or_else(|p| p.into_inner()));
+        self.finished.notify_all();
+        for w in waiters {
+            w();
+        }
+    }
 }
 
 impl Engine {
     /// Starts the census thread.
     pub(super) fn spawn_census(self: &Arc<Self>) {
         let started = Instant::now();
-        self.spawn_background("tally-census", move |e| match e.census_step() {
+        self.spawn_background("tally-census", move |e| {
+            if e.config.faults.census_paused() {
+                return Duration::from_millis(5);
+            }
+            e.census_tick(started)
+        });
+    }
+
+    fn census_tick(&self, started: Instant) -> Duration {
+        match self.census_step() {
             Ok(false) => Duration::ZERO,
             Ok(true) => {
                 info!(
-                    keys = e.keys.load(Ordering::Relaxed),
+                    keys = self.keys.load(Ordering::Relaxed),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "key census done"
                 );
@@ -49,7 +89,7 @@ impl Engine {
                 error!("key census: {err}; retrying");
                 Duration::from_secs(1)
             }
-        });
+        }
     }
 
     /// One census step, with appends paused: counts the next `census_step_keys` keys (1024 by
@@ -70,10 +110,7 @@ impl Engine {
             }
             match step.last {
                 Some(k) => *cursor = Some(k),
-                None => {
-                    self.census.done.store(true, Ordering::Release);
-                    self.census.finished.notify_all();
-                }
+                None => self.census.finish(),
             }
             Ok(self.census.done.load(Ordering::Relaxed))
         })
@@ -97,8 +134,31 @@ impl Engine {
         Ok(delta)
     }
 
-    /// Waits (up to [`CENSUS_WAIT`], or until close) for the census to finish.
-    pub(super) fn wait_for_census(&self) {
+    /// True once the census has counted every key (`Stats` key counts are exact).
+    pub fn census_done(&self) -> bool {
+        self.census.done.load(Ordering::Acquire)
+    }
+
+    /// Runs `w` once the census is done, at once if it is, or when the engine closes. `w` runs
+    /// on the census thread: it must be quick and must not block (it completes a channel).
+    pub fn on_census_done(&self, w: CensusWaiter) {
+        {
+            let mut waiters = self
+                .census
+                .waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !self.census.done.load(Ordering::Acquire) && !self.is_closed() {
+                waiters.push(w);
+                return;
+            }
+        }
+        w();
+    }
+
+    /// Blocks (up to [`CENSUS_WAIT`], or until close) until the census is done. Not for async
+    /// code: that awaits [`Engine::on_census_done`] instead.
+    pub fn wait_for_census(&self) {
         if self.census.done.load(Ordering::Acquire) {
             return;
         }

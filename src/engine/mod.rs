@@ -28,6 +28,7 @@ mod replay;
 mod tx;
 
 use census::Census;
+pub use census::{CENSUS_WAIT, CensusWaiter};
 pub use expire::{Condition, Expiry, Ttl};
 use replay::Replay;
 pub use tx::{GetEx, Tx};
@@ -114,6 +115,9 @@ pub struct Stats {
     pub checkpoint_lsn: u64,
     /// fdatasync calls on the WAL since open.
     pub wal_fsyncs: u64,
+    /// False while the startup census is still counting: `keys` and `keys_with_ttl` are then
+    /// partial.
+    pub keys_exact: bool,
 }
 
 /// The counter engine. Open it with [`Engine::open`]; share the `Arc`.
@@ -284,12 +288,13 @@ impl Engine {
         self.run(&keys, |tx| tx.delete(&keys))
     }
 
-    /// Current counters and positions. Right after a restart this waits for the background
-    /// key census (see `census`), so the key counts are exact.
+    /// Current counters and positions, at once. Right after a restart the key counts are
+    /// partial until the background census is done (`keys_exact` false); see `census` for how
+    /// to wait for it.
     pub fn stats(&self) -> Stats {
-        self.wait_for_census();
         let w = self.wal.stats();
         Stats {
+            keys_exact: self.census_done(),
             keys: self.keys.load(Ordering::Relaxed).max(0) as u64,
             keys_with_ttl: self.ttl_keys.load(Ordering::Relaxed).max(0) as u64,
             expired: self.expired.load(Ordering::Relaxed),
@@ -422,6 +427,7 @@ impl Engine {
             return Ok(());
         }
         self.background.stop_and_join();
+        self.census.release();
         self.wal.close();
         if let Some(why) = self.wal.failure() {
             // Fail-stop: do not checkpoint. sled holds changes the WAL could not make durable,

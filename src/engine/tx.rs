@@ -6,6 +6,8 @@
 //! Every command validates before it records an op: a command that fails adds nothing, so a
 //! failing command inside EXEC does not leave half of itself behind.
 
+use std::cell::Cell;
+
 use super::expire::Expiry;
 use super::{Engine, SetOptions, SetOutcome};
 use crate::config;
@@ -30,6 +32,8 @@ pub struct Tx<'e> {
     store: &'e Store,
     now: i64,
     pub(super) ops: Vec<Op>,
+    /// Value bytes returned so far, against `config::MAX_REPLY_BYTES`.
+    reply_bytes: Cell<usize>,
 }
 
 impl<'e> Tx<'e> {
@@ -38,7 +42,22 @@ impl<'e> Tx<'e> {
             store: &engine.store,
             now,
             ops: Vec::new(),
+            reply_bytes: Cell::new(0),
         }
+    }
+
+    /// Counts `value` against the reply limit of this command or transaction.
+    fn returning(&self, value: Vec<u8>) -> Result<Vec<u8>> {
+        let total = self.reply_bytes.get() + value.len();
+        if total > config::MAX_REPLY_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "reply too large: this command or transaction would return more than {} bytes \
+                 of values; read fewer keys at once",
+                config::MAX_REPLY_BYTES
+            )));
+        }
+        self.reply_bytes.set(total);
+        Ok(value)
     }
 
     /// The frozen time of this command or transaction, unix ms.
@@ -108,7 +127,9 @@ impl<'e> Tx<'e> {
 
     /// GET.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.entry(key)?.map(|e| e.value))
+        self.entry(key)?
+            .map(|e| self.returning(e.value))
+            .transpose()
     }
 
     /// INCRBY: keeps the TTL; a missing key counts as 0.
@@ -155,7 +176,8 @@ impl<'e> Tx<'e> {
         let cur = self.entry(key)?;
         let exists = cur.is_some();
         let (old, cur_deadline) = match cur {
-            Some(e) => (opts.get.then_some(e.value), e.deadline_ms),
+            Some(e) if opts.get => (Some(self.returning(e.value)?), e.deadline_ms),
+            Some(e) => (None, e.deadline_ms),
             None => (None, None),
         };
         if (opts.nx && exists) || (opts.xx && !exists) {
@@ -188,19 +210,20 @@ impl<'e> Tx<'e> {
         let Some(cur) = self.entry(key)? else {
             return Ok(None);
         };
+        let value = self.returning(cur.value)?;
         match what {
             GetEx::Keep => {}
             GetEx::Persist => {
                 if cur.deadline_ms.is_some() {
-                    self.put(key, cur.value.clone(), None);
+                    self.put(key, value.clone(), None);
                 }
             }
             GetEx::Expire(e) => {
                 let d = e.resolve_for_set(self.now, "getex")?;
-                self.store_or_expire(key, cur.value.clone(), Some(d))?;
+                self.store_or_expire(key, value.clone(), Some(d))?;
             }
         }
-        Ok(Some(cur.value))
+        Ok(Some(value))
     }
 
     /// DEL: counts live keys, a key named twice once; expired ones are removed too.

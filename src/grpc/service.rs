@@ -142,6 +142,7 @@ impl CounterService for Service {
         &self,
         _req: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
+        crate::durable::counted(&self.engine).await;
         let s = self.engine.stats();
         Ok(Response::new(pb::StatsResponse {
             keys: s.keys as i64,
@@ -153,6 +154,7 @@ impl CounterService for Service {
             keys_with_ttl: s.keys_with_ttl as i64,
             expired_keys: s.expired as i64,
             wal_fsyncs: s.wal_fsyncs as i64,
+            keys_counting: !s.keys_exact,
         }))
     }
 }

@@ -23,6 +23,15 @@ pub struct Session {
     pub name: Option<Bytes>,
 }
 
+/// True for the commands whose reply includes the key counts (DBSIZE, INFO, and EXEC, which
+/// may hold them): right after a restart the connection first awaits the startup census
+/// (`durable::counted`), so they are exact without blocking a tokio worker.
+pub fn needs_key_counts(args: &[Bytes]) -> bool {
+    ["dbsize", "info", "exec"]
+        .iter()
+        .any(|c| args[0].eq_ignore_ascii_case(c.as_bytes()))
+}
+
 /// Runs `name` if it is an admin command; `None` otherwise. Arity is already checked.
 pub fn run(name: &str, args: &[Bytes], s: &mut Session, shared: &Shared) -> Option<Reply> {
     Some(match name {
@@ -236,9 +245,10 @@ fn info(section: Option<&[u8]>, shared: &Shared) -> String {
     }
     if want("persistence") {
         out += &format!(
-            "# Persistence\r\nloading:0\r\naof_enabled:1\r\nappendfsync:{}\r\nwal_bytes:{}\r\n\
-             wal_segments:{}\r\ndurable_lsn:{}\r\nlast_lsn:{}\r\ncheckpoint_lsn:{}\r\n\
-             wal_fsyncs:{}\r\n\r\n",
+            "# Persistence\r\nloading:0\r\nkeys_counting:{}\r\naof_enabled:1\r\nappendfsync:{}\r\n\
+             wal_bytes:{}\r\nwal_segments:{}\r\ndurable_lsn:{}\r\nlast_lsn:{}\r\n\
+             checkpoint_lsn:{}\r\nwal_fsyncs:{}\r\n\r\n",
+            u8::from(!st.keys_exact),
             shared.fsync_name,
             st.wal_bytes,
             st.wal_segments,

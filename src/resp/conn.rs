@@ -1,8 +1,10 @@
 //! One client connection: read, parse every complete command, run them in order, wait once for
 //! the WAL to acknowledge the newest LSN any of them produced, then write all their replies.
 //! Pipelined writes therefore share one group commit, and no reply leaves before the fsync
-//! that covers it. Replies to everything read in one go are flushed before more is read, which
-//! bounds the memory a client that never reads its replies can pin.
+//! that covers it. Output is bounded per connection: replies are sent (after that wait)
+//! whenever 64 KiB are pending, large array replies element by element, and everything read
+//! in one go is answered before more is read, so a client that never reads its replies pins
+//! at most one reply (itself capped: `config::MAX_REPLY_BYTES`) plus 64 KiB.
 //!
 //! MULTI queues commands; EXEC runs them as one engine transaction (one WAL record, time frozen).
 //! Unknown commands and wrong arity while queuing abort the EXEC (EXECABORT); other errors are
@@ -23,9 +25,13 @@ use super::parse::{self, ProtocolError};
 use super::reply::Reply;
 use super::{Shared, stopped};
 use crate::config::{MAX_MULTI_BYTES, MAX_MULTI_COMMANDS};
+use crate::engine::Engine;
 
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
+/// Replies pending beyond this are sent before the next command runs (or, inside a large
+/// array reply, before the next element is encoded).
+const OUT_FLUSH: usize = 64 * 1024;
 
 struct Conn {
     session: Session,
@@ -74,42 +80,45 @@ pub async fn run(
         dirty: false,
     };
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut out = Vec::with_capacity(READ_CHUNK);
+    let mut out = Outbox {
+        buf: Vec::with_capacity(READ_CHUNK),
+        lsn: 0,
+    };
+    let engine = &shared.engine;
     loop {
-        let (mut lsn, mut close) = (0, false);
+        let mut close = false;
         loop {
-            match parse::next(&mut buf) {
-                Ok(Some(args)) if args.is_empty() => {}
+            let reply = match parse::next(&mut buf) {
+                Ok(Some(args)) if args.is_empty() => continue,
                 Ok(Some(args)) => {
-                    let o = conn.handle(&shared, args);
-                    o.reply.encode(conn.session.proto, &mut out);
-                    lsn = lsn.max(o.lsn);
-                    if o.close {
-                        close = true;
-                        break;
+                    if !engine.census_done() && admin::needs_key_counts(&args) {
+                        crate::durable::counted(engine).await;
                     }
+                    let o = conn.handle(&shared, args);
+                    out.lsn = out.lsn.max(o.lsn);
+                    close = o.close;
+                    o.reply
                 }
                 Ok(None) => break,
                 Err(ProtocolError(m)) => {
                     debug!(client = id, "protocol error: {m}");
-                    Reply::err(format!("Protocol error: {m}")).encode(conn.session.proto, &mut out);
                     close = true;
-                    break;
+                    Reply::err(format!("Protocol error: {m}"))
                 }
+            };
+            if out
+                .push(reply, conn.session.proto, engine, &mut sock)
+                .await
+                .is_err()
+            {
+                close = true;
+                out.buf.clear();
             }
-        }
-        if !out.is_empty() {
-            // Fail-stop: if the WAL cannot acknowledge, close without sending any reply, so the
-            // client sees an unknown outcome rather than a false success.
-            if lsn > 0 && crate::durable::acked(&shared.engine, lsn).await.is_err() {
+            if close {
                 break;
             }
-            if sock.write_all(&out).await.is_err() {
-                break;
-            }
-            out.clear();
         }
-        if close {
+        if out.flush(engine, &mut sock).await.is_err() || close {
             break;
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 2 {
@@ -124,6 +133,58 @@ pub async fn run(
         }
     }
     shared.clients.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Replies waiting to be sent, and the newest LSN they show.
+struct Outbox {
+    buf: Vec<u8>,
+    lsn: u64,
+}
+
+impl Outbox {
+    /// Sends what is pending once the WAL acknowledges `lsn`. Fail-stop: if the WAL cannot
+    /// acknowledge, nothing is sent and the connection must close, so the client sees an
+    /// unknown outcome rather than a false success. `Err` means close (that, or a broken socket).
+    async fn flush(&mut self, engine: &Engine, sock: &mut TcpStream) -> Result<(), ()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if self.lsn > 0 && crate::durable::acked(engine, self.lsn).await.is_err() {
+            return Err(());
+        }
+        sock.write_all(&self.buf).await.map_err(|_| ())?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Encodes `reply`, sending whenever [`OUT_FLUSH`] bytes are pending. A top-level array
+    /// (MGET, EXEC) is encoded element by element and each element freed once encoded, so a
+    /// large reply is never held twice; pipelined commands stop piling up replies when the
+    /// client does not read them (the send waits for it).
+    async fn push(
+        &mut self,
+        reply: Reply,
+        proto: u8,
+        engine: &Engine,
+        sock: &mut TcpStream,
+    ) -> Result<(), ()> {
+        match reply {
+            Reply::Array(items) => {
+                Reply::encode_array_header(items.len(), &mut self.buf);
+                for item in items {
+                    item.encode(proto, &mut self.buf);
+                    if self.buf.len() >= OUT_FLUSH {
+                        self.flush(engine, sock).await?;
+                    }
+                }
+            }
+            r => r.encode(proto, &mut self.buf),
+        }
+        if self.buf.len() >= OUT_FLUSH {
+            self.flush(engine, sock).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Redis's message for an unknown command: the name and the first arguments, quoted, capped

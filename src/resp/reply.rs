@@ -42,6 +42,12 @@ impl Reply {
         Reply::Error(format!("ERR {msg}"))
     }
 
+    /// Appends the header of an array of `n` elements (the same in RESP2 and RESP3), for
+    /// encoding the elements one by one.
+    pub fn encode_array_header(n: usize, out: &mut Vec<u8>) {
+        header(out, b'*', n);
+    }
+
     /// Appends the encoding for protocol version `proto` (2 or 3) to `out`.
     pub fn encode(&self, proto: u8, out: &mut Vec<u8>) {
         match self {
@@ -74,7 +80,7 @@ impl Reply {
                 bulk(out, b'=', &v);
             }
             Reply::Verbatim(b) => bulk(out, b'$', b),
-            Reply::Error(e) => line(out, b'-', e.as_bytes()),
+            Reply::Error(e) => error_line(out, e.as_bytes()),
         }
     }
 }
@@ -82,6 +88,18 @@ impl Reply {
 fn line(out: &mut Vec<u8>, tag: u8, s: &[u8]) {
     out.push(tag);
     out.extend_from_slice(s);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// An error line. Errors can quote the client's own bytes (an unknown option, a subcommand), and
+/// a CR or LF among them would end the line early and let the rest be read as another reply:
+/// as Redis does (`addReplyErrorFormat`), each becomes a space.
+fn error_line(out: &mut Vec<u8>, e: &[u8]) {
+    out.push(b'-');
+    out.extend(
+        e.iter()
+            .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+    );
     out.extend_from_slice(b"\r\n");
 }
 
@@ -143,5 +161,11 @@ mod tests {
             enc(&Reply::from(Error::InvalidExpireTime("expire")), 2),
             "-ERR invalid expire time in 'expire' command\r\n"
         );
+    }
+
+    #[test]
+    fn an_error_quoting_client_bytes_stays_one_line() {
+        let r = Reply::err("Unsupported option a\r\n+OK\r\n");
+        assert_eq!(enc(&r, 2), "-ERR Unsupported option a  +OK  \r\n");
     }
 }
