@@ -123,15 +123,8 @@ impl Engine {
             return self.store.apply(ops);
         }
         let cursor = self.census.cursor.lock().unwrap_or_else(|p| p.into_inner());
-        let mut delta = Delta::default();
-        for op in ops {
-            let d = self.store.apply(std::slice::from_ref(op))?;
-            if cursor.as_deref().is_some_and(|c| op.key() <= c) {
-                delta.keys += d.keys;
-                delta.ttl_keys += d.ttl_keys;
-            }
-        }
-        Ok(delta)
+        self.store
+            .apply_counting(ops, |key| cursor.as_deref().is_some_and(|c| key <= c))
     }
 
     /// True once the census has counted every key (`Stats` key counts are exact).
