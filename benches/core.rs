@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of the hot paths: WAL append + group commit (1, 8, 64 writers),
-//! the engine's increment (one hot key, 100k cold keys), RESP request parsing, proto decoding.
+//! the engine's increment (one hot key, 100k cold keys), a 10k-command transaction, RESP request
+//! parsing, proto decoding.
 //! Run: `cargo bench --bench core`. (`cargo test --all-targets` runs each once, as a smoke test.)
 
 use std::sync::Arc;
@@ -86,6 +87,30 @@ fn engine(c: &mut Criterion) {
         e.close().unwrap();
     }
     g.finish();
+    // One transaction (an EXEC) of 10,000 increments over 1,000 keys: reading its own writes
+    // is linear in its length (it used to scan every earlier op per command).
+    let mut g = c.benchmark_group("engine_transaction");
+    g.throughput(Throughput::Elements(10_000));
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::new(dir.path());
+    cfg.fsync = FsyncMode::Periodic(Duration::from_millis(100));
+    let e = Engine::open(cfg, Arc::new(SystemClock)).unwrap();
+    let keys: Vec<Vec<u8>> = (0..1000).map(|i| format!("t:{i}").into_bytes()).collect();
+    let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    g.bench_function("10k_incr_in_one_exec", |b| {
+        b.iter(|| {
+            e.run(&refs, |tx| {
+                for i in 0..10_000 {
+                    tx.incr(refs[i % refs.len()], 1)?;
+                }
+                Ok(())
+            })
+            .unwrap()
+            .lsn
+        })
+    });
+    g.finish();
+    e.close().unwrap();
 }
 
 fn decode(c: &mut Criterion) {

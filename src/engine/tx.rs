@@ -7,6 +7,7 @@
 //! failing command inside EXEC does not leave half of itself behind.
 
 use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
 
 use super::expire::Expiry;
 use super::{Engine, SetOptions, SetOutcome};
@@ -32,9 +33,16 @@ pub struct Tx<'e> {
     store: &'e Store,
     now: i64,
     pub(super) ops: Vec<Op>,
+    /// Key -> index in `ops` of its last op, once there are more than [`SCAN_OPS`] ops, so a
+    /// transaction of n commands reads its own writes in O(n), not O(n²).
+    last_op: Option<HashMap<Vec<u8>, usize>>,
     /// Value bytes returned so far, against `config::MAX_REPLY_BYTES`.
     reply_bytes: Cell<usize>,
 }
+
+/// Up to this many ops, a key's own latest op is found by scanning them (no hashing, no
+/// allocation: the common one-command case).
+const SCAN_OPS: usize = 16;
 
 impl<'e> Tx<'e> {
     pub(super) fn new(engine: &'e Engine, now: i64) -> Tx<'e> {
@@ -42,6 +50,7 @@ impl<'e> Tx<'e> {
             store: &engine.store,
             now,
             ops: Vec::new(),
+            last_op: None,
             reply_bytes: Cell::new(0),
         }
     }
@@ -67,23 +76,37 @@ impl<'e> Tx<'e> {
 
     /// The entry as stored, expired or not, after this transaction's own ops.
     fn physical(&self, key: &[u8]) -> Result<Option<Entry>> {
-        for op in self.ops.iter().rev() {
-            match op {
-                Op::Put {
-                    key: k,
-                    value,
-                    deadline_ms,
-                } if k == key => {
-                    return Ok(Some(Entry {
-                        value: value.clone(),
-                        deadline_ms: *deadline_ms,
-                    }));
-                }
-                Op::Delete { key: k } if k == key => return Ok(None),
-                _ => {}
-            }
+        let last = match &self.last_op {
+            Some(index) => index.get(key).map(|&i| &self.ops[i]),
+            None => self.ops.iter().rev().find(|op| op.key() == key),
+        };
+        match last {
+            Some(Op::Put {
+                value, deadline_ms, ..
+            }) => Ok(Some(Entry {
+                value: value.clone(),
+                deadline_ms: *deadline_ms,
+            })),
+            Some(Op::Delete { .. }) => Ok(None),
+            None => self.store.get(key),
         }
-        self.store.get(key)
+    }
+
+    /// Records `op`, keeping the index of last ops once there are many.
+    fn record(&mut self, op: Op) {
+        if let Some(index) = &mut self.last_op {
+            index.insert(op.key().to_vec(), self.ops.len());
+        }
+        self.ops.push(op);
+        if self.last_op.is_none() && self.ops.len() > SCAN_OPS {
+            let index = self
+                .ops
+                .iter()
+                .enumerate()
+                .map(|(i, op)| (op.key().to_vec(), i))
+                .collect();
+            self.last_op = Some(index);
+        }
     }
 
     /// The live entry: missing from the millisecond after its deadline.
@@ -94,7 +117,7 @@ impl<'e> Tx<'e> {
     }
 
     fn put(&mut self, key: &[u8], value: Vec<u8>, deadline_ms: Option<i64>) {
-        self.ops.push(Op::Put {
+        self.record(Op::Put {
             key: key.to_vec(),
             value,
             deadline_ms,
@@ -104,7 +127,7 @@ impl<'e> Tx<'e> {
     /// Removes the key physically if it is there (live or expired).
     fn remove(&mut self, key: &[u8]) -> Result<()> {
         if self.physical(key)?.is_some() {
-            self.ops.push(Op::Delete { key: key.to_vec() });
+            self.record(Op::Delete { key: key.to_vec() });
         }
         Ok(())
     }
@@ -229,8 +252,9 @@ impl<'e> Tx<'e> {
     /// DEL: counts live keys, a key named twice once; expired ones are removed too.
     pub fn delete(&mut self, keys: &[&[u8]]) -> Result<i64> {
         let mut n = 0;
-        for (i, k) in keys.iter().enumerate() {
-            if keys[..i].contains(k) {
+        let mut seen = HashSet::with_capacity(keys.len());
+        for k in keys {
+            if !seen.insert(*k) {
                 continue;
             }
             n += i64::from(self.entry(k)?.is_some());
@@ -262,5 +286,42 @@ impl<'e> Tx<'e> {
             self.put(k, v.to_vec(), None);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::clock::SystemClock;
+    use crate::config::Config;
+    use crate::engine::{Engine, SetOptions};
+
+    /// A transaction long enough to switch from scanning its ops to the index of last ops
+    /// still reads its own writes exactly, across puts, deletes and re-puts of one key.
+    #[test]
+    fn a_long_transaction_reads_its_own_writes() {
+        let d = tempfile::tempdir().unwrap();
+        let e = Engine::open(Config::new(d.path()), Arc::new(SystemClock)).unwrap();
+        let key = |i: usize| format!("k{}", i % 50).into_bytes();
+        let keys: Vec<Vec<u8>> = (0..50).map(key).collect();
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let ack = e
+            .run(&refs, |tx| {
+                for i in 0..1000 {
+                    assert_eq!(tx.incr(&key(i), 1)?, (i / 50 + 1) as i64);
+                }
+                assert_eq!(tx.delete(&[b"k0", b"k0", b"k1", b"nope"])?, 2);
+                assert_eq!(tx.get(b"k0")?, None);
+                tx.set(b"k0", b"x", &SetOptions::default(), "set")?;
+                assert_eq!(tx.get(b"k0")?, Some(b"x".to_vec()));
+                assert_eq!(tx.mget(&[b"k1", b"k2"])?, vec![None, Some(b"20".to_vec())]);
+                Ok(())
+            })
+            .unwrap();
+        e.wait(ack.lsn).unwrap();
+        assert_eq!(e.get(b"k0").unwrap().value, Some(b"x".to_vec()));
+        assert_eq!(e.get(b"k1").unwrap().value, None);
+        assert_eq!(e.get(b"k49").unwrap().value, Some(b"20".to_vec()));
     }
 }

@@ -80,6 +80,7 @@ pub async fn run(
         dirty: false,
     };
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut parser = parse::Parser::default();
     let mut out = Outbox {
         buf: Vec::with_capacity(READ_CHUNK),
         lsn: 0,
@@ -88,7 +89,7 @@ pub async fn run(
     loop {
         let mut close = false;
         loop {
-            let reply = match parse::next(&mut buf) {
+            let reply = match parser.next(&mut buf) {
                 Ok(Some(args)) if args.is_empty() => continue,
                 Ok(Some(args)) => {
                     if !engine.census_done() && admin::needs_key_counts(&args) {

@@ -22,104 +22,178 @@ pub const MAX_INLINE: usize = 64 * 1024;
 #[derive(Debug, PartialEq, Eq)]
 pub struct ProtocolError(pub String);
 
-/// Takes the next complete command off the front of `buf`. `Ok(None)` means more bytes are
-/// needed. An empty command (`*0`, a blank inline line) yields `Some(vec![])`.
+/// A connection's parse progress, kept between reads: a request that arrives in many pieces is
+/// scanned once, not again from its start each time more of it comes in. Offsets are into the
+/// connection's buffer, whose front does not move until a whole request is taken off it.
+#[derive(Debug, Default)]
+pub struct Parser {
+    /// The multibulk request whose `*N` header has been read.
+    req: Option<Partial>,
+    /// Bytes of the buffer already searched for the end of the current line, in vain.
+    searched: usize,
+    /// Bytes looked at so far (so tests can check that parsing stays linear in the input).
+    scanned: u64,
+}
+
+#[derive(Debug)]
+struct Partial {
+    count: usize,
+    /// Where the next `$len` header (or the pending body) starts.
+    pos: usize,
+    /// The arguments found so far: (start, len) in the buffer.
+    spans: Vec<(usize, usize)>,
+    /// A `$len` header read whose body has not fully arrived: (start, len).
+    pending: Option<(usize, usize)>,
+    declared: usize,
+}
+
+impl Parser {
+    /// Takes the next complete command off the front of `buf`. `Ok(None)` means more bytes are
+    /// needed (`buf` must then only grow at its end before the next call). An empty command
+    /// (`*0`, a blank inline line) yields `Some(vec![])`. After an error, start afresh.
+    pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let r = if self.req.is_some() || buf[0] == b'*' {
+            self.multibulk(buf)
+        } else {
+            self.inline(buf)
+        };
+        if !matches!(r, Ok(None)) {
+            self.req = None;
+            self.searched = 0;
+        }
+        r
+    }
+
+    /// Bytes looked at so far.
+    pub fn scanned(&self) -> u64 {
+        self.scanned
+    }
+
+    /// Position of the `\r\n` ending the line that starts at `from`, resuming where the last
+    /// search of this line stopped.
+    fn line_end(&mut self, buf: &[u8], from: usize) -> Option<usize> {
+        // Back one byte: a `\r` may have been the last byte searched.
+        let at = from.max(self.searched.saturating_sub(1));
+        match buf[at..].windows(2).position(|w| w == b"\r\n") {
+            Some(p) => {
+                self.scanned += p as u64 + 2;
+                self.searched = 0;
+                Some(at + p)
+            }
+            None => {
+                self.scanned += buf.len().saturating_sub(at) as u64;
+                self.searched = buf.len();
+                None
+            }
+        }
+    }
+
+    fn multibulk(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        if self.req.is_none() {
+            let Some(end) = self.line_end(buf, 1) else {
+                if buf.len() > MAX_INLINE {
+                    return err("too big mbulk count string");
+                }
+                return Ok(None);
+            };
+            let count = match crate::value::parse_int(&buf[1..end]) {
+                Some(n) if n <= MAX_ARGS => n,
+                _ => return err("invalid multibulk length"),
+            };
+            if count <= 0 {
+                buf.advance(end + 2);
+                return Ok(Some(Vec::new()));
+            }
+            self.req = Some(Partial {
+                count: count as usize,
+                pos: end + 2,
+                spans: Vec::with_capacity((count as usize).min(1024)),
+                pending: None,
+                declared: 0,
+            });
+        }
+        // Check every header and find where the request ends, without consuming.
+        loop {
+            let req = self.req.as_mut().expect("a request in progress");
+            if let Some((start, len)) = req.pending {
+                if buf.len() < start + len + 2 {
+                    return Ok(None);
+                }
+                req.spans.push((start, len));
+                req.pos = start + len + 2;
+                req.pending = None;
+            }
+            if req.spans.len() == req.count {
+                break;
+            }
+            let pos = req.pos;
+            if pos >= buf.len() {
+                return Ok(None);
+            }
+            if buf[pos] != b'$' {
+                return err(format!("expected '$', got '{}'", buf[pos] as char));
+            }
+            let Some(e) = self.line_end(buf, pos + 1) else {
+                if buf.len() - pos > MAX_INLINE {
+                    return err("too big bulk count string");
+                }
+                return Ok(None);
+            };
+            let len = match crate::value::parse_int(&buf[pos + 1..e]) {
+                Some(n) if (0..=MAX_BULK).contains(&n) => n as usize,
+                _ => return err("invalid bulk length"),
+            };
+            let req = self.req.as_mut().expect("a request in progress");
+            req.declared += len;
+            if req.declared > MAX_REQUEST {
+                return err(format!("request larger than {MAX_REQUEST} bytes"));
+            }
+            req.pending = Some((e + 2, len));
+        }
+        // Whole request present: split it off and hand out zero-copy slices.
+        let req = self.req.take().expect("a request in progress");
+        let frame = buf.split_to(req.pos).freeze();
+        Ok(Some(
+            req.spans
+                .into_iter()
+                .map(|(s, l)| frame.slice(s..s + l))
+                .collect(),
+        ))
+    }
+
+    fn inline(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        let at = self.searched;
+        let Some(nl) = buf[at..].iter().position(|&b| b == b'\n').map(|p| at + p) else {
+            if buf.len() > MAX_INLINE {
+                return err("too big inline request");
+            }
+            self.scanned += (buf.len() - at) as u64;
+            self.searched = buf.len();
+            return Ok(None);
+        };
+        self.scanned += (nl + 1 - at) as u64;
+        let line = buf.split_to(nl + 1);
+        let mut line = &line[..nl];
+        if line.last() == Some(&b'\r') {
+            line = &line[..line.len() - 1];
+        }
+        match split_args(line) {
+            Some(args) => Ok(Some(args.into_iter().map(Bytes::from).collect())),
+            None => err("unbalanced quotes in request"),
+        }
+    }
+}
+
+/// Parses one command from a buffer with no earlier progress (tests, benchmarks).
 pub fn next(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    if buf.is_empty() {
-        return Ok(None);
-    }
-    if buf[0] == b'*' {
-        multibulk(buf)
-    } else {
-        inline(buf)
-    }
+    Parser::default().next(buf)
 }
 
 fn err<T>(m: impl Into<String>) -> Result<T, ProtocolError> {
     Err(ProtocolError(m.into()))
-}
-
-/// Position of the `\r\n` ending the line that starts at `from`.
-fn line_end(buf: &[u8], from: usize) -> Option<usize> {
-    buf[from..]
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .map(|p| from + p)
-}
-
-fn multibulk(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    let Some(end) = line_end(buf, 1) else {
-        if buf.len() > MAX_INLINE {
-            return err("too big mbulk count string");
-        }
-        return Ok(None);
-    };
-    let count = match crate::value::parse_int(&buf[1..end]) {
-        Some(n) if n <= MAX_ARGS => n,
-        _ => return err("invalid multibulk length"),
-    };
-    if count <= 0 {
-        buf.advance(end + 2);
-        return Ok(Some(Vec::new()));
-    }
-    // First pass: check every header and find where the request ends, without consuming.
-    let mut pos = end + 2;
-    let mut spans = Vec::with_capacity(count as usize);
-    let mut declared = 0usize;
-    for _ in 0..count {
-        if pos >= buf.len() {
-            return Ok(None);
-        }
-        if buf[pos] != b'$' {
-            return err(format!("expected '$', got '{}'", buf[pos] as char));
-        }
-        let Some(e) = line_end(buf, pos + 1) else {
-            if buf.len() - pos > MAX_INLINE {
-                return err("too big bulk count string");
-            }
-            return Ok(None);
-        };
-        let len = match crate::value::parse_int(&buf[pos + 1..e]) {
-            Some(n) if (0..=MAX_BULK).contains(&n) => n as usize,
-            _ => return err("invalid bulk length"),
-        };
-        declared += len;
-        if declared > MAX_REQUEST {
-            return err(format!("request larger than {MAX_REQUEST} bytes"));
-        }
-        let start = e + 2;
-        if buf.len() < start + len + 2 {
-            return Ok(None);
-        }
-        spans.push((start, len));
-        pos = start + len + 2;
-    }
-    // Whole request present: split it off and hand out zero-copy slices.
-    let frame = buf.split_to(pos).freeze();
-    Ok(Some(
-        spans
-            .into_iter()
-            .map(|(s, l)| frame.slice(s..s + l))
-            .collect(),
-    ))
-}
-
-fn inline(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
-        if buf.len() > MAX_INLINE {
-            return err("too big inline request");
-        }
-        return Ok(None);
-    };
-    let line = buf.split_to(nl + 1);
-    let mut line = &line[..nl];
-    if line.last() == Some(&b'\r') {
-        line = &line[..line.len() - 1];
-    }
-    match split_args(line) {
-        Some(args) => Ok(Some(args.into_iter().map(Bytes::from).collect())),
-        None => err("unbalanced quotes in request"),
-    }
 }
 
 /// Redis's `sdssplitargs`: words separated by spaces; "double quotes" with \n \r \t \b \a \\ \"
@@ -266,6 +340,49 @@ mod tests {
         );
         assert_eq!(parse(b"\r\n").unwrap(), Some(vec![]));
         assert_eq!(parse(b"incr k").unwrap(), None);
+    }
+
+    /// A request that arrives a byte at a time, or in reads of any size, is looked at a
+    /// bounded number of times per byte (it used to be re-parsed from its start on every read:
+    /// quadratic in the number of arguments).
+    #[test]
+    fn a_request_in_pieces_is_scanned_once() {
+        let mut req = b"*100000\r\n".to_vec();
+        for i in 0..100_000 {
+            req.extend_from_slice(format!("$1\r\n{}\r\n", i % 10).as_bytes());
+        }
+        for piece in [1, 7, 16 * 1024] {
+            let mut p = Parser::default();
+            let mut buf = BytesMut::new();
+            let mut got = None;
+            for chunk in req.chunks(piece) {
+                buf.extend_from_slice(chunk);
+                if let Some(args) = p.next(&mut buf).unwrap() {
+                    got = Some(args);
+                }
+            }
+            let args = got.expect("the whole request parses");
+            assert_eq!(args.len(), 100_000);
+            assert_eq!(&args[99_999][..], b"9");
+            assert!(buf.is_empty());
+            assert!(
+                p.scanned() <= 2 * req.len() as u64,
+                "pieces of {piece}: scanned {} bytes for a {}-byte request",
+                p.scanned(),
+                req.len()
+            );
+        }
+        // An inline command typed slowly, too.
+        let mut p = Parser::default();
+        let mut buf = BytesMut::new();
+        let line = format!("SET k {}\r\n", "v".repeat(60_000));
+        for b in line.as_bytes() {
+            buf.extend_from_slice(&[*b]);
+            if let Some(args) = p.next(&mut buf).unwrap() {
+                assert_eq!(args.len(), 3);
+            }
+        }
+        assert!(p.scanned() <= 2 * line.len() as u64, "{}", p.scanned());
     }
 
     /// Random bytes and random mutations of valid requests never panic, and every result is a

@@ -409,9 +409,15 @@ mod tests {
         let (_d, s) = open();
         // A damaged stored value under "b": decoding it (to fix the TTL index) fails.
         s.db.insert(value_key(b"b"), &b"bad"[..]).unwrap();
-        let e = s.apply(&[put("a", "1", None), put("b", "2", None)]).unwrap_err();
+        let e = s
+            .apply(&[put("a", "1", None), put("b", "2", None)])
+            .unwrap_err();
         assert!(e.is_corruption(), "{e}");
-        assert_eq!(s.get(b"a").unwrap(), None, "the first op of a failed record is visible");
+        assert_eq!(
+            s.get(b"a").unwrap(),
+            None,
+            "the first op of a failed record is visible"
+        );
     }
 
     #[test]
@@ -434,7 +440,9 @@ mod tests {
         assert_eq!(due, vec![(b"k".to_vec(), 200), (b"x".to_vec(), 300)]);
         // Counting only some keys (the census's cursor) leaves the rest out of the delta.
         let d = s
-            .apply_counting(&[put("k", "5", None), put("z", "6", Some(9))], |k| k == b"z")
+            .apply_counting(&[put("k", "5", None), put("z", "6", Some(9))], |k| {
+                k == b"z"
+            })
             .unwrap();
         assert_eq!((d.keys, d.ttl_keys), (1, 1));
     }
