@@ -333,3 +333,62 @@ async fn incr_by_float_prints_like_redis() {
     assert_eq!(get(&mut c, "f").await.as_deref(), Some("hello"));
     s.stop().await;
 }
+
+/// A binary value written over RESP reads back exactly over gRPC (value_bytes), and one written
+/// over gRPC with value_bytes reads back exactly over RESP.
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_values_cross_protocols_exactly() {
+    use std::io::{Read, Write};
+    let (s, _d) = server().await;
+    let mut c = s.client().await;
+    let mut r = std::net::TcpStream::connect(&s.resp).unwrap();
+    r.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$3\r\n\xff\x00a\r\n")
+        .unwrap();
+    let mut ok = [0u8; 5];
+    r.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+    let g = c
+        .get(GetRequest { key: "b".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(g.found);
+    assert_eq!(g.value_bytes, b"\xff\x00a");
+    assert_eq!(g.value, "\u{fffd}\u{0}a");
+    // A text value leaves value_bytes empty.
+    set(&mut c, "t", "plain").await;
+    let g = c
+        .get(GetRequest { key: "t".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((g.value.as_str(), g.value_bytes.len()), ("plain", 0));
+    // Written as bytes over gRPC, with GET returning the old binary value exactly.
+    let out = c
+        .set(SetRequest {
+            key: "b".into(),
+            value_bytes: b"\x80\x81".to_vec(),
+            get: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.old_value_bytes, b"\xff\x00a");
+    r.write_all(b"*2\r\n$3\r\nGET\r\n$1\r\nb\r\n").unwrap();
+    let mut got = [0u8; 8];
+    r.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"$2\r\n\x80\x81\r\n");
+    let e = c
+        .set(SetRequest {
+            key: "b".into(),
+            value: "x".into(),
+            value_bytes: b"y".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("not both"), "{}", e.message());
+    s.stop().await;
+}

@@ -41,6 +41,18 @@ impl Service {
     }
 }
 
+/// A stored value for a `string` field, and its exact bytes for the `bytes` field beside it when
+/// it is not valid UTF-8 (a binary value written over RESP); those are empty otherwise.
+fn text(v: Vec<u8>) -> (String, Vec<u8>) {
+    match String::from_utf8(v) {
+        Ok(s) => (s, Vec::new()),
+        Err(e) => {
+            let b = e.into_bytes();
+            (String::from_utf8_lossy(&b).into_owned(), b)
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl CounterService for Service {
     async fn incr(
@@ -70,14 +82,15 @@ impl CounterService for Service {
         let key = validate::key_only(&r, &r.key)?;
         let v = self.settle(self.engine.get(key)).await?;
         Ok(Response::new(match v {
-            Some(v) => pb::GetResponse {
-                found: true,
-                value: String::from_utf8_lossy(&v).into_owned(),
-            },
-            None => pb::GetResponse {
-                found: false,
-                value: String::new(),
-            },
+            Some(v) => {
+                let (value, value_bytes) = text(v);
+                pb::GetResponse {
+                    found: true,
+                    value,
+                    value_bytes,
+                }
+            }
+            None => pb::GetResponse::default(),
         }))
     }
 
@@ -85,9 +98,14 @@ impl CounterService for Service {
         let r = req.into_inner();
         let (key, value, opts) = validate::set(&r)?;
         let out = self.settle(self.engine.set(key, value, &opts)).await?;
+        let (old_value, old_value_bytes) = match out.old.map(text) {
+            Some((s, b)) => (Some(s), b),
+            None => (None, Vec::new()),
+        };
         Ok(Response::new(pb::SetResponse {
             applied: out.applied,
-            old_value: out.old.map(|v| String::from_utf8_lossy(&v).into_owned()),
+            old_value,
+            old_value_bytes,
         }))
     }
 

@@ -39,7 +39,16 @@ pub fn incr_by_float(r: &pb::IncrByFloatRequest) -> Result<(&[u8], &[u8])> {
 
 pub fn set(r: &pb::SetRequest) -> Result<(&[u8], &[u8], SetOptions)> {
     size(r)?;
-    config::check_value(r.value.as_bytes())?;
+    let value = match (r.value.is_empty(), r.value_bytes.is_empty()) {
+        (_, true) => r.value.as_bytes(),
+        (true, false) => &r.value_bytes[..],
+        (false, false) => {
+            return Err(Error::InvalidArgument(
+                "give the value in value or in value_bytes, not both".into(),
+            ));
+        }
+    };
+    config::check_value(value)?;
     let expiry = r.expiry.map(|e| match e {
         pb::set_request::Expiry::TtlMs(ms) => Expiry::In(ms),
         pb::set_request::Expiry::AtUnixMs(at) => Expiry::At(at),
@@ -51,7 +60,7 @@ pub fn set(r: &pb::SetRequest) -> Result<(&[u8], &[u8], SetOptions)> {
         xx: r.xx,
         get: r.get,
     };
-    Ok((key(&r.key)?, r.value.as_bytes(), opts))
+    Ok((key(&r.key)?, value, opts))
 }
 
 pub fn expire(r: &pb::ExpireRequest) -> Result<(&[u8], Expiry, Condition)> {

@@ -23,8 +23,11 @@
 //!   512-byte sector (from the frame's start to the sector's end) are all zero is such a hole.
 //!   Everything after it belongs to the same unsynced batch: a later batch is written only
 //!   after this one's fsync returned, and that fsync would have made it whole;
+//! - a gap between segments that the checkpoint covers wholly is harmless (a crash while the
+//!   checkpoint removed them), logged and skipped;
 //! - anything else (a bad frame with data after it, damage in a sealed segment, an LSN that is not
-//!   the previous plus one, a missing segment) is corruption, and startup stops.
+//!   the previous plus one, a missing segment past the checkpoint) is corruption, and startup
+//!   stops.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -160,11 +163,24 @@ pub fn recover(
         if let Some(e) = expected
             && e != seg.first_lsn
         {
-            return Err(Error::Corruption(format!(
-                "WAL segment {seg_name} starts at LSN {} but the previous segment ends at LSN {}",
-                seg.first_lsn,
-                e - 1
-            )));
+            if e < seg.first_lsn && seg.first_lsn <= checkpoint_lsn + 1 {
+                // Segments the checkpoint covers wholly are missing (a crash while removing them
+                // can persist a later removal before an earlier one): nothing is lost.
+                warn!(
+                    segment = %seg_name,
+                    missing_from = e,
+                    missing_to = seg.first_lsn - 1,
+                    checkpoint_lsn,
+                    "WAL segments below the checkpoint are missing; they are covered by it"
+                );
+            } else {
+                return Err(Error::Corruption(format!(
+                    "WAL segment {seg_name} starts at LSN {} but the previous segment ends at \
+                     LSN {}",
+                    seg.first_lsn,
+                    e - 1
+                )));
+            }
         }
         let mut next = seg.first_lsn;
         if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {

@@ -1,8 +1,10 @@
-//! A power loss inside a multi-sector group commit: the disk may keep any subset of the batch's
-//! sectors, so the newest segment can hold a bad frame (a lost sector, read as zeros) followed
-//! by more data of the same unacknowledged batch. Recovery truncates that as a torn tail and
-//! keeps the durable prefix; the same damage in a sealed segment, or a bad frame with no lost
-//! sector (a flipped bit), is still corruption that stops startup.
+//! The WAL's startup scan on damage a crash can leave (cuts at every byte and flipped bits are in
+//! `recovery.rs`). A power loss inside a multi-sector group commit: the disk may keep any subset
+//! of the batch's sectors, so the newest segment can hold a bad frame (a lost sector, read as
+//! zeros) followed by more data of the same unacknowledged batch. Recovery truncates that as a
+//! torn tail and keeps the durable prefix; the same damage in a sealed segment, or a bad frame
+//! with no lost sector (a flipped bit), is still corruption that stops startup. Segments missing
+//! wholly below the checkpoint are no loss; missing past it, they are.
 
 use std::path::Path;
 
@@ -36,8 +38,13 @@ fn write_segment(dir: &Path, first: u64, body: &[u8], zeros: usize) {
 
 /// Runs recovery; returns the LSNs replayed, or the error text.
 fn recover(dir: &Path) -> Result<Vec<u64>, String> {
+    recover_after(dir, 0)
+}
+
+/// Runs recovery with checkpoint `ckpt`.
+fn recover_after(dir: &Path, ckpt: u64) -> Result<Vec<u64>, String> {
     let mut lsns = Vec::new();
-    segment::recover(dir, 0, &mut |r| {
+    segment::recover(dir, ckpt, &mut |r| {
         lsns.push(r.lsn);
         Ok(())
     })
@@ -151,4 +158,22 @@ fn a_lost_sector_in_a_sealed_segment_is_corruption() {
     write_segment(d.path(), 21, &next, 0);
     let e = recover(d.path()).unwrap_err();
     assert!(e.contains("00000000000000000001.wal"), "{e}");
+}
+
+#[test]
+fn segments_missing_below_the_checkpoint_are_no_loss() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, _) = frames(1, 4, 8);
+    write_segment(d.path(), 1, &a, 0);
+    // LSNs 5..=10 were in segments the checkpoint at 10 covered, and their removal persisted
+    // before the removal of the older segment 1.
+    let (b, _) = frames(11, 12, 8);
+    write_segment(d.path(), 11, &b, 0);
+    assert_eq!(recover_after(d.path(), 10).unwrap(), vec![11, 12]);
+    // With the checkpoint at 9, LSN 10 is missing: that is lost data.
+    let e = recover_after(d.path(), 9).unwrap_err();
+    assert!(
+        e.contains("starts at LSN 11 but the previous segment ends at LSN 4"),
+        "{e}"
+    );
 }
