@@ -65,6 +65,10 @@ struct Armed {
 
 static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
 
+fn armed_point() -> Option<&'static Armed> {
+    armed().as_ref()
+}
+
 fn armed() -> &'static Option<Armed> {
     ARMED.get_or_init(|| {
         let spec = std::env::var("TALLY_FAILPOINT").ok()?;
@@ -90,6 +94,36 @@ pub fn point(p: Point) {
         eprintln!("tally: fail point {} reached: aborting", p.name());
         std::process::abort();
     }
+}
+
+/// Says loudly, at startup, which test seams the environment armed: every one of them makes the
+/// server unfit for production, and `skip-fsync` silently loses acknowledged writes on power
+/// loss. Logged at error level so that no log filter but `off` hides it.
+pub fn warn_if_armed(faults: &Faults) {
+    let mut armed: Vec<String> = faults
+        .armed()
+        .iter()
+        .map(|f| format!("TALLY_FAULTS={f}"))
+        .collect();
+    if let Some(a) = armed_point() {
+        armed.push(format!("TALLY_FAILPOINT={}", a.point.name()));
+    }
+    if simulate_power_loss() {
+        armed.push("TALLY_SIMULATE_POWER_LOSS=1".into());
+    }
+    if armed.is_empty() {
+        return;
+    }
+    let skipped = if faults.skip_fsync() {
+        ": the WAL fsync is SKIPPED, so acknowledged writes WILL BE LOST on power loss"
+    } else {
+        ""
+    };
+    tracing::error!(
+        "test-only fault injection is armed ({}){skipped}; never run a production server with \
+         these variables set",
+        armed.join(", ")
+    );
 }
 
 /// True when the power-loss simulation is on.
@@ -125,6 +159,22 @@ impl Faults {
             }
         }
         f
+    }
+
+    /// The names of the faults switched on.
+    pub fn armed(&self) -> Vec<&'static str> {
+        [
+            ("fsync-error", &self.fsync_error),
+            ("enospc", &self.enospc),
+            ("skip-fsync", &self.skip_fsync),
+            ("roll-error", &self.roll_error),
+            ("checkpoint-fsync-error", &self.checkpoint_fsync_error),
+            ("census-paused", &self.census_paused),
+        ]
+        .into_iter()
+        .filter(|(_, on)| on.load(Ordering::Relaxed))
+        .map(|(name, _)| name)
+        .collect()
     }
 
     /// Every fsync of the WAL fails with EIO.

@@ -421,3 +421,39 @@ async fn waiting_for_the_key_census_blocks_no_worker() {
     assert_eq!(dbsize.await.unwrap(), ":11\r\n");
     s.stop().await;
 }
+
+/// `TALLY_FAULTS` is a test seam compiled into the shipped binary: arming it, `skip-fsync` above
+/// all, must never go unnoticed.
+#[test]
+fn armed_faults_are_announced_loudly_at_startup() {
+    use std::io::{BufRead, Read};
+    let d = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(common::bin())
+        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--resp-addr", "off"])
+        .args(["--log-level", "error", "--data-dir"])
+        .arg(d.path())
+        .env("TALLY_FAULTS", "skip-fsync")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("tally: serving gRPC on "), "{line}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        err.contains("test-only fault injection is armed (TALLY_FAULTS=skip-fsync)")
+            && err.contains("acknowledged writes WILL BE LOST on power loss"),
+        "{err}"
+    );
+}

@@ -106,6 +106,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let budget = fit_connections(a.max_clients as usize, a.max_grpc_connections as usize)?;
     // Test seams (see `tally::fault`); unset in normal use.
     config.faults = Arc::new(tally::fault::Faults::from_env());
+    tally::fault::warn_if_armed(&config.faults);
     let engine = Engine::open(config, Arc::new(SystemClock))?;
     // Replay allocates and frees the WAL tail's ops in batches; hand the freed pages back
     // rather than carry them in RSS for the life of the process.

@@ -115,6 +115,8 @@ pub struct Stats {
     pub checkpoint_lsn: u64,
     /// fdatasync calls on the WAL since open.
     pub wal_fsyncs: u64,
+    /// Checkpoints taken since open.
+    pub checkpoints: u64,
     /// False while the startup census is still counting: `keys` and `keys_with_ttl` are then
     /// partial.
     pub keys_exact: bool,
@@ -132,6 +134,8 @@ pub struct Engine {
     /// The startup census: `keys`/`ttl_keys` are exact once it is done.
     census: Census,
     expired: AtomicU64,
+    /// Checkpoints taken since open.
+    checkpoints: AtomicU64,
     /// Serializes checkpoints; holds the last checkpoint LSN.
     checkpoint_lsn: Mutex<u64>,
     closed: AtomicBool,
@@ -179,6 +183,7 @@ impl Engine {
             ttl_keys: AtomicI64::new(0),
             census: Census::default(),
             expired: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
             checkpoint_lsn: Mutex::new(ckpt),
             closed: AtomicBool::new(false),
             background: Arc::default(),
@@ -295,6 +300,7 @@ impl Engine {
         let w = self.wal.stats();
         Stats {
             keys_exact: self.census_done(),
+            checkpoints: self.checkpoints.load(Ordering::Relaxed),
             keys: self.keys.load(Ordering::Relaxed).max(0) as u64,
             keys_with_ttl: self.ttl_keys.load(Ordering::Relaxed).max(0) as u64,
             expired: self.expired.load(Ordering::Relaxed),
@@ -393,6 +399,7 @@ impl Engine {
         }
         checkpoint::write(&self.config.data_dir, l)?;
         *last = l;
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
         fault::point(Point::CheckpointBeforeRemove);
         let removed = self.wal.remove_through(l)?;
         info!(
@@ -408,8 +415,12 @@ impl Engine {
         self.wal.failure().is_none() && self.checkpoint_size_or_age_due(last_run)
     }
 
+    /// Due by size when the WAL is over `checkpoint_bytes` *and* has a sealed segment the
+    /// checkpoint could remove: the active segment alone over the threshold (a large
+    /// `--wal-segment-bytes`, or one that cannot roll) is not shrunk by a checkpoint, and taking
+    /// one every poll (10 ms) would only fsync sled over and over. Due by age as before.
     fn checkpoint_size_or_age_due(&self, last_run: Instant) -> bool {
-        self.wal.disk_bytes() >= self.config.checkpoint_bytes
+        (self.wal.disk_bytes() >= self.config.checkpoint_bytes && self.wal.segment_count() > 1)
             || (last_run.elapsed() >= self.config.checkpoint_interval
                 && self.wal.last_lsn()
                     > *self

@@ -173,6 +173,7 @@ impl CounterService for Service {
             expired_keys: s.expired as i64,
             wal_fsyncs: s.wal_fsyncs as i64,
             keys_counting: !s.keys_exact,
+            checkpoints: s.checkpoints as i64,
         }))
     }
 }

@@ -247,7 +247,7 @@ fn info(section: Option<&[u8]>, shared: &Shared) -> String {
         out += &format!(
             "# Persistence\r\nloading:0\r\nkeys_counting:{}\r\naof_enabled:1\r\nappendfsync:{}\r\n\
              wal_bytes:{}\r\nwal_segments:{}\r\ndurable_lsn:{}\r\nlast_lsn:{}\r\n\
-             checkpoint_lsn:{}\r\nwal_fsyncs:{}\r\n\r\n",
+             checkpoint_lsn:{}\r\ncheckpoints:{}\r\nwal_fsyncs:{}\r\n\r\n",
             u8::from(!st.keys_exact),
             shared.fsync_name,
             st.wal_bytes,
@@ -255,6 +255,7 @@ fn info(section: Option<&[u8]>, shared: &Shared) -> String {
             st.durable_lsn,
             st.last_lsn,
             st.checkpoint_lsn,
+            st.checkpoints,
             st.wal_fsyncs
         );
     }

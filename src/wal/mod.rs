@@ -365,6 +365,15 @@ impl Wal {
         self.shared.disk_bytes.load(Ordering::Relaxed)
     }
 
+    /// Number of segment files (the active one included).
+    pub fn segment_count(&self) -> usize {
+        self.shared
+            .segments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// Sizes and positions, for `Stats`.
     pub fn stats(&self) -> WalStats {
         let (synced_lsn, last_lsn) = {

@@ -66,6 +66,20 @@ impl InProc {
     }
 }
 
+/// End offsets of the complete frames in a segment, read with an independent parser of the
+/// documented format: 8-byte magic, then frames of `len u32 | len_crc u32 | crc u32 | body`.
+pub fn frame_ends(seg: &[u8]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut off = 8;
+    while off + 12 <= seg.len() {
+        let len = u32::from_le_bytes(seg[off..off + 4].try_into().unwrap()) as usize;
+        off += 12 + len;
+        ends.push(off);
+    }
+    assert_eq!(off, seg.len());
+    ends
+}
+
 pub async fn connect(addr: &str) -> Client {
     for _ in 0..100 {
         if let Ok(c) = CounterServiceClient::connect(addr.to_string()).await {
