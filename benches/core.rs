@@ -126,6 +126,7 @@ fn decode(c: &mut Criterion) {
     let pb = IncrRequest {
         key: "counter:00012345".into(),
         by: Some(5),
+        ..Default::default()
     }
     .encode_to_vec();
     g.bench_function("proto_incr_request", |b| {

@@ -69,6 +69,7 @@ async fn incr(c: &mut Client, key: &str) -> i64 {
     c.incr(IncrRequest {
         key: key.into(),
         by: None,
+        ..Default::default()
     })
     .await
     .unwrap()

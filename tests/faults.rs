@@ -22,6 +22,7 @@ fn incr(key: &str) -> IncrRequest {
     IncrRequest {
         key: key.into(),
         by: None,
+        ..Default::default()
     }
 }
 

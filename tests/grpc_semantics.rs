@@ -20,6 +20,7 @@ fn incr(key: &str, by: Option<i64>) -> IncrRequest {
     IncrRequest {
         key: key.into(),
         by,
+        ..Default::default()
     }
 }
 
@@ -390,5 +391,108 @@ async fn binary_values_cross_protocols_exactly() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("not both"), "{}", e.message());
+    s.stop().await;
+}
+
+/// Incr with bounds and a TTL is Redis 8's INCREX: a fixed-window rate limiter in one write.
+#[tokio::test(flavor = "multi_thread")]
+async fn incr_with_bounds_and_ttl_is_increx() {
+    let (s, _d) = server().await;
+    let mut c = s.client().await;
+    let hit = IncrRequest {
+        key: "rl:alice".into(),
+        upper_bound: Some(3),
+        ttl_ms: 60_000,
+        ttl_if_none: true,
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let r = c.incr(hit.clone()).await.unwrap().into_inner();
+        assert!(r.ttl_ms > 59_000 && r.ttl_ms <= 60_000, "{r:?}");
+        seen.push((r.value, r.applied));
+    }
+    assert_eq!(seen, [(1, 1), (2, 1), (3, 1), (3, 0), (3, 0)]);
+    // A plain Incr reports the increment and keeps the TTL.
+    let r = c
+        .incr(incr("rl:alice", Some(-1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.value, r.applied), (2, -1));
+    assert!(r.ttl_ms > 59_000, "{r:?}");
+    let r = c.incr(incr("plain", None)).await.unwrap().into_inner();
+    assert_eq!((r.value, r.applied, r.ttl_ms), (1, 1, -1));
+    // Saturate clamps; persist removes the TTL.
+    let sat = IncrRequest {
+        key: "rl:alice".into(),
+        by: Some(100),
+        upper_bound: Some(10),
+        saturate: true,
+        persist: true,
+        ..Default::default()
+    };
+    let r = c.incr(sat).await.unwrap().into_inner();
+    assert_eq!((r.value, r.applied, r.ttl_ms), (10, 8, -1));
+    // Refused on a missing key: nothing created.
+    let low = IncrRequest {
+        key: "none".into(),
+        lower_bound: Some(1),
+        by: Some(-1),
+        ..Default::default()
+    };
+    let r = c.incr(low).await.unwrap().into_inner();
+    assert_eq!((r.value, r.applied, r.ttl_ms), (0, 0, -2));
+    assert_eq!(get(&mut c, "none").await, None);
+    // Bad combinations name the field and change nothing.
+    for (req, msg) in [
+        (
+            IncrRequest {
+                lower_bound: Some(5),
+                upper_bound: Some(4),
+                ..Default::default()
+            },
+            "lower_bound 5 is greater than upper_bound 4",
+        ),
+        (
+            IncrRequest {
+                ttl_ms: 5,
+                at_unix_ms: 5,
+                ..Default::default()
+            },
+            "ttl_ms or at_unix_ms, not both",
+        ),
+        (
+            IncrRequest {
+                ttl_if_none: true,
+                ..Default::default()
+            },
+            "ttl_if_none needs ttl_ms or at_unix_ms",
+        ),
+        (
+            IncrRequest {
+                ttl_ms: 5,
+                persist: true,
+                ..Default::default()
+            },
+            "persist cannot be combined",
+        ),
+        (
+            IncrRequest {
+                ttl_ms: -5,
+                ..Default::default()
+            },
+            "invalid expire time in 'increx' command",
+        ),
+    ] {
+        let req = IncrRequest {
+            key: "bad".into(),
+            ..req
+        };
+        let e = c.incr(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{msg}");
+        assert!(e.message().contains(msg), "{} vs {msg}", e.message());
+    }
+    assert_eq!(get(&mut c, "bad").await, None);
     s.stop().await;
 }

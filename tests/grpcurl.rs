@@ -58,6 +58,18 @@ fn grpcurl_lists_describes_and_calls_the_service() {
         "tally.v1.CounterService/Get",
     ]);
     assert!(get.contains(r#""value": "4""#), "{get}");
+    // The README's rate-limit hit: allowed once, then refused (applied 0 is omitted in JSON).
+    let hit = r#"{"key":"rl:alice","upper_bound":1,"ttl_ms":60000,"ttl_if_none":true}"#;
+    let first = call(hit);
+    assert!(
+        first.contains(r#""applied": "1""#) && first.contains("ttlMs"),
+        "{first}"
+    );
+    let second = call(hit);
+    assert!(
+        second.contains(r#""value": "1""#) && !second.contains("applied"),
+        "{second}"
+    );
     let rpc = |name: &str, json: &str| {
         grpcurl(&[
             "-plaintext",

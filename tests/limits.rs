@@ -21,6 +21,7 @@ fn incr(key: &str) -> IncrRequest {
     IncrRequest {
         key: key.into(),
         by: None,
+        ..Default::default()
     }
 }
 

@@ -244,6 +244,7 @@ async fn restart_keeps_acknowledged_state_after_term_and_after_kill9() {
             c.incr(IncrRequest {
                 key: "n".into(),
                 by: None,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -326,7 +327,7 @@ async fn kill9_under_concurrent_load_loses_nothing_acknowledged_and_doubles_noth
                     match c
                         .incr(IncrRequest {
                             key: format!("k{k}"),
-                            by: None,
+                            ..Default::default()
                         })
                         .await
                     {
@@ -368,6 +369,7 @@ async fn shutdown_is_not_held_open_by_a_health_watch_stream() {
         c.incr(IncrRequest {
             key: "n".into(),
             by: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -447,7 +449,7 @@ async fn periodic_fsync_survives_a_killed_process() {
         let v = c
             .incr(IncrRequest {
                 key: format!("k{}", i % 7),
-                by: None,
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -62,7 +62,14 @@ async fn load(a: Args, duration: Duration) -> Result<(), Box<dyn std::error::Err
             while Instant::now() < deadline {
                 let key = format!("bench:{}", rand::rng().random_range(0..keys));
                 let t = Instant::now();
-                match c.incr(IncrRequest { key, by: Some(1) }).await {
+                match c
+                    .incr(IncrRequest {
+                        key,
+                        by: Some(1),
+                        ..Default::default()
+                    })
+                    .await
+                {
                     Ok(_) => h.record(t.elapsed().as_micros().max(1) as u64).unwrap(),
                     Err(_) => errors += 1,
                 }

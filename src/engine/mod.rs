@@ -24,12 +24,14 @@
 mod census;
 mod checkpoint;
 mod expire;
+mod increx;
 mod replay;
 mod tx;
 
 use census::Census;
 pub use census::{CENSUS_WAIT, CensusWaiter};
 pub use expire::{Condition, Expiry, Ttl};
+pub use increx::{IncrEx, IncrExOutcome, TtlChange};
 use replay::Replay;
 pub use tx::{GetEx, Tx};
 
@@ -269,6 +271,11 @@ impl Engine {
     /// Redis INCRBY: adds `by` to the integer at `key` (missing counts as 0), keeping its TTL.
     pub fn incr(&self, key: &[u8], by: i64) -> Result<Ack<i64>> {
         self.run(&[key], |tx| tx.incr(key, by))
+    }
+
+    /// INCREX: the bounded, expiring increment (see `increx`).
+    pub fn increx(&self, key: &[u8], req: &IncrEx) -> Result<Ack<IncrExOutcome>> {
+        self.run(&[key], |tx| tx.increx(key, req))
     }
 
     /// Redis INCRBYFLOAT, bit-exact (see `value::incr_by_float`); returns the stored string.

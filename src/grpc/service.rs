@@ -60,9 +60,13 @@ impl CounterService for Service {
         req: Request<pb::IncrRequest>,
     ) -> Result<Response<pb::IncrResponse>, Status> {
         let r = req.into_inner();
-        let (key, by) = validate::incr(&r)?;
-        let value = self.settle(self.engine.incr(key, by)).await?;
-        Ok(Response::new(pb::IncrResponse { value }))
+        let (key, req) = validate::incr(&r)?;
+        let out = self.settle(self.engine.increx(key, &req)).await?;
+        Ok(Response::new(pb::IncrResponse {
+            value: out.value,
+            applied: out.applied,
+            ttl_ms: out.ttl_ms,
+        }))
     }
 
     async fn incr_by_float(

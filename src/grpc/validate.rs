@@ -5,7 +5,7 @@ use prost::Message;
 
 use super::pb;
 use crate::config::{self, MAX_KEYS_PER_REQUEST, MAX_REQUEST_BYTES};
-use crate::engine::{Condition, Expiry, SetOptions};
+use crate::engine::{Condition, Expiry, IncrEx, SetOptions, TtlChange};
 use crate::error::{Error, Result};
 
 fn size(req: &impl Message) -> Result<()> {
@@ -27,9 +27,34 @@ pub fn key(k: &str) -> Result<&[u8]> {
     Ok(k.as_bytes())
 }
 
-pub fn incr(r: &pb::IncrRequest) -> Result<(&[u8], i64)> {
+pub fn incr(r: &pb::IncrRequest) -> Result<(&[u8], IncrEx)> {
     size(r)?;
-    Ok((key(&r.key)?, r.by.unwrap_or(1)))
+    let invalid = |m: &str| Err(Error::InvalidArgument(m.into()));
+    let expiry = match (r.ttl_ms, r.at_unix_ms) {
+        (0, 0) => None,
+        (ms, 0) => Some(Expiry::In(ms)),
+        (0, at) => Some(Expiry::At(at)),
+        _ => return invalid("give ttl_ms or at_unix_ms, not both"),
+    };
+    let ttl = match (expiry, r.ttl_if_none, r.persist) {
+        (Some(_), _, true) => {
+            return invalid("persist cannot be combined with ttl_ms or at_unix_ms");
+        }
+        (None, true, _) => return invalid("ttl_if_none needs ttl_ms or at_unix_ms"),
+        (Some(e), true, false) => TtlChange::SetIfNone(e),
+        (Some(e), false, false) => TtlChange::Set(e),
+        (None, false, true) => TtlChange::Persist,
+        (None, false, false) => TtlChange::Keep,
+    };
+    let req = IncrEx {
+        by: r.by.unwrap_or(1),
+        lower: r.lower_bound,
+        upper: r.upper_bound,
+        saturate: r.saturate,
+        ttl,
+    };
+    req.validate()?;
+    Ok((key(&r.key)?, req))
 }
 
 pub fn incr_by_float(r: &pb::IncrByFloatRequest) -> Result<(&[u8], &[u8])> {

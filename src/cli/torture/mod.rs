@@ -419,6 +419,7 @@ async fn client(id: usize, addr: &str, model: Arc<Mutex<Model>>, seed: u64) {
                 c.incr(IncrRequest {
                     key: key.clone(),
                     by: None,
+                    ..Default::default()
                 }),
             )
             .await;
