@@ -35,6 +35,9 @@ pub enum Error {
     Io { context: String, source: io::Error },
     /// An error reported by sled.
     Storage(sled::Error),
+    /// `source`, raised by one part of a composite request (`at` names it, e.g. a Txn's
+    /// `success[2] (incr)`); it keeps the kind, and so the status code, of `source`.
+    At { at: String, source: Box<Error> },
 }
 
 /// Shorthand used across the crate.
@@ -53,10 +56,21 @@ impl Error {
     /// Such a reply reveals that value as surely as a read does, so it is sent only once the
     /// value is durable (see `Engine::lsn_seen_by`).
     pub fn reveals_state(&self) -> bool {
-        matches!(
-            self,
-            Error::NotInteger | Error::Overflow | Error::NotFloat | Error::NanOrInfinity
-        )
+        match self {
+            Error::At { source, .. } => source.reveals_state(),
+            e => matches!(
+                e,
+                Error::NotInteger | Error::Overflow | Error::NotFloat | Error::NanOrInfinity
+            ),
+        }
+    }
+
+    /// The error itself, without the parts that say where it was raised.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::At { source, .. } => source.root(),
+            e => e,
+        }
     }
 
     /// True for errors that mean the on-disk state cannot be trusted and startup must stop.
@@ -83,6 +97,7 @@ impl fmt::Display for Error {
             Error::Locked(m) => f.write_str(m),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
             Error::Storage(e) => write!(f, "storage: {e}"),
+            Error::At { at, source } => write!(f, "{at}: {source}"),
         }
     }
 }

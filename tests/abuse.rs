@@ -38,6 +38,18 @@ fn a_transaction_larger_than_a_wal_record_is_refused_and_the_server_restarts() {
     );
     // Nothing of it applied, and the connection goes on.
     assert_eq!(c.cmd(&["TTL", "k0"]), ":-1\r\n");
+    // 50,000 PEXPIREs of one 1 MiB value: a small queue that would rewrite 50 GB. The change is
+    // refused as soon as it outgrows one record, not built whole first.
+    c.cmd(&["MULTI"]);
+    for _ in 0..50_000 {
+        c.send_raw(&resp::encode(&["PEXPIRE", "k0", "100000"]));
+    }
+    for _ in 0..50_000 {
+        assert_eq!(c.reply(), "+QUEUED\r\n");
+    }
+    let exec = c.cmd(&["EXEC"]);
+    assert!(exec.starts_with("-ERR the change is "), "{exec}");
+    assert_eq!(c.cmd(&["TTL", "k0"]), ":-1\r\n");
     assert_eq!(c.cmd(&["INCR", "n"]), ":1\r\n");
     p.kill9();
     let p = Proc::start(d.path(), &[]);

@@ -27,6 +27,7 @@ mod expire;
 mod increx;
 mod replay;
 mod tx;
+mod txn;
 
 use census::Census;
 pub use census::{CENSUS_WAIT, CensusWaiter};
@@ -34,6 +35,7 @@ pub use expire::{Condition, Expiry, Ttl};
 pub use increx::{IncrEx, IncrExOutcome, TtlChange};
 use replay::Replay;
 pub use tx::{GetEx, Tx};
+pub use txn::{Compare, CompareOp, MAX_TXN_ITEMS, Target, Txn, TxnOp, TxnOutcome, TxnResult};
 
 use std::collections::hash_map::RandomState;
 use std::fs::File;
@@ -261,6 +263,9 @@ impl Engine {
         let _g = self.lock_keys(keys.iter().copied());
         let mut tx = Tx::new(self, self.clock.now_ms());
         let value = f(&mut tx)?;
+        if let Some(n) = tx.too_large {
+            return Err(crate::wal::record::too_large(n));
+        }
         if tx.ops.is_empty() {
             return Ok(self.observed(value));
         }

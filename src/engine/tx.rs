@@ -15,7 +15,7 @@ use crate::config;
 use crate::error::{Error, Result};
 use crate::storage::{Entry, Store};
 use crate::value;
-use crate::wal::Op;
+use crate::wal::{Op, record};
 
 /// What GETEX does to the TTL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +36,11 @@ pub struct Tx<'e> {
     /// Key -> index in `ops` of its last op, once there are more than [`SCAN_OPS`] ops, so a
     /// transaction of n commands reads its own writes in O(n), not O(n²).
     last_op: Option<HashMap<Vec<u8>, usize>>,
+    /// Encoded size of `ops`, against `record::MAX_BODY`.
+    ops_bytes: usize,
+    /// The record size an op was refused at for outgrowing one record: the whole transaction
+    /// must fail.
+    pub(super) too_large: Option<usize>,
     /// Value bytes returned so far, against `config::MAX_REPLY_BYTES`.
     reply_bytes: Cell<usize>,
 }
@@ -51,6 +56,8 @@ impl<'e> Tx<'e> {
             now,
             ops: Vec::new(),
             last_op: None,
+            ops_bytes: 0,
+            too_large: None,
             reply_bytes: Cell::new(0),
         }
     }
@@ -92,8 +99,19 @@ impl<'e> Tx<'e> {
         }
     }
 
-    /// Records `op`, keeping the index of last ops once there are many.
-    fn record(&mut self, op: Op) {
+    /// Records `op`, keeping the index of last ops once there are many. Refuses it when the
+    /// ops would no longer fit one WAL record: EXPIREs or PERSISTs copy whole values into
+    /// their ops, so a small request could otherwise build far more in memory than the WAL
+    /// then refuses (`record::check_size`).
+    fn record(&mut self, op: Op) -> Result<()> {
+        self.ops_bytes += op.encoded_len();
+        let body = record::body_len(&[]) + self.ops_bytes;
+        if body > record::MAX_BODY {
+            // Remembered, so that the whole command or EXEC fails (see `Engine::run`), not
+            // just the command that crossed the limit.
+            self.too_large = Some(body);
+            return Err(record::too_large(body));
+        }
         if let Some(index) = &mut self.last_op {
             index.insert(op.key().to_vec(), self.ops.len());
         }
@@ -107,6 +125,7 @@ impl<'e> Tx<'e> {
                 .collect();
             self.last_op = Some(index);
         }
+        Ok(())
     }
 
     /// The live entry: missing from the millisecond after its deadline.
@@ -116,18 +135,18 @@ impl<'e> Tx<'e> {
             .filter(|e| e.deadline_ms.is_none_or(|d| self.now <= d)))
     }
 
-    fn put(&mut self, key: &[u8], value: Vec<u8>, deadline_ms: Option<i64>) {
+    fn put(&mut self, key: &[u8], value: Vec<u8>, deadline_ms: Option<i64>) -> Result<()> {
         self.record(Op::Put {
             key: key.to_vec(),
             value,
             deadline_ms,
-        });
+        })
     }
 
     /// Removes the key physically if it is there (live or expired).
     fn remove(&mut self, key: &[u8]) -> Result<()> {
         if self.physical(key)?.is_some() {
-            self.record(Op::Delete { key: key.to_vec() });
+            self.record(Op::Delete { key: key.to_vec() })?;
         }
         Ok(())
     }
@@ -141,10 +160,7 @@ impl<'e> Tx<'e> {
     ) -> Result<()> {
         match deadline_ms {
             Some(d) if d <= self.now => self.remove(key),
-            _ => {
-                self.put(key, value, deadline_ms);
-                Ok(())
-            }
+            _ => self.put(key, value, deadline_ms),
         }
     }
 
@@ -159,7 +175,7 @@ impl<'e> Tx<'e> {
     pub fn incr(&mut self, key: &[u8], by: i64) -> Result<i64> {
         let cur = self.entry(key)?;
         let v = value::incr(cur.as_ref().map(|e| e.value.as_slice()), by)?;
-        self.put(key, value::format_int(v), cur.and_then(|e| e.deadline_ms));
+        self.put(key, value::format_int(v), cur.and_then(|e| e.deadline_ms))?;
         Ok(v)
     }
 
@@ -168,7 +184,7 @@ impl<'e> Tx<'e> {
         let cur = self.entry(key)?;
         let v = value::incr_by_float(cur.as_ref().map(|e| e.value.as_slice()), by)?;
         config::check_value(&v)?;
-        self.put(key, v.clone(), cur.and_then(|e| e.deadline_ms));
+        self.put(key, v.clone(), cur.and_then(|e| e.deadline_ms))?;
         Ok(v)
     }
 
@@ -238,7 +254,7 @@ impl<'e> Tx<'e> {
             GetEx::Keep => {}
             GetEx::Persist => {
                 if cur.deadline_ms.is_some() {
-                    self.put(key, value.clone(), None);
+                    self.put(key, value.clone(), None)?;
                 }
             }
             GetEx::Expire(e) => {
@@ -283,7 +299,7 @@ impl<'e> Tx<'e> {
             config::check_value(v)?;
         }
         for (k, v) in pairs {
-            self.put(k, v.to_vec(), None);
+            self.put(k, v.to_vec(), None)?;
         }
         Ok(())
     }

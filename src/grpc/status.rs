@@ -6,14 +6,16 @@ use crate::error::Error;
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
-        let code = match &e {
+        let code = match e.root() {
             Error::NotInteger | Error::NotFloat => Code::FailedPrecondition,
             Error::Overflow | Error::DecrementOverflow | Error::NanOrInfinity => Code::OutOfRange,
             Error::InvalidArgument(_) | Error::InvalidExpireTime(_) => Code::InvalidArgument,
             Error::Unavailable(_) => Code::Unavailable,
             Error::NoSpace => Code::ResourceExhausted,
             Error::Corruption(_) => Code::DataLoss,
-            Error::Locked(_) | Error::Io { .. } | Error::Storage(_) => Code::Internal,
+            Error::Locked(_) | Error::Io { .. } | Error::Storage(_) | Error::At { .. } => {
+                Code::Internal
+            }
         };
         Status::new(code, e.to_string())
     }

@@ -23,11 +23,11 @@ pub struct Session {
     pub name: Option<Bytes>,
 }
 
-/// True for the commands whose reply includes the key counts (DBSIZE, INFO, and EXEC, which
-/// may hold them): right after a restart the connection first awaits the startup census
-/// (`durable::counted`), so they are exact without blocking a tokio worker.
+/// True for DBSIZE and INFO, whose replies include the key counts: right after a restart the
+/// connection first awaits the startup census (`durable::counted`), so they are exact without
+/// blocking a tokio worker.
 pub fn needs_key_counts(args: &[Bytes]) -> bool {
-    ["dbsize", "info", "exec"]
+    ["dbsize", "info"]
         .iter()
         .any(|c| args[0].eq_ignore_ascii_case(c.as_bytes()))
 }

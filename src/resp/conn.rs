@@ -29,6 +29,8 @@ use crate::engine::Engine;
 
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
+/// What one queued argument counts against `MAX_MULTI_BYTES` beyond its own bytes.
+const QUEUED_ARG_OVERHEAD: usize = 32;
 /// Replies pending beyond this are sent before the next command runs (or, inside a large
 /// array reply, before the next element is encoded).
 const OUT_FLUSH: usize = 64 * 1024;
@@ -92,7 +94,13 @@ pub async fn run(
             let reply = match parser.next(&mut buf) {
                 Ok(Some(args)) if args.is_empty() => continue,
                 Ok(Some(args)) => {
-                    if !engine.census_done() && admin::needs_key_counts(&args) {
+                    if !engine.census_done() && conn.needs_key_counts(&args) {
+                        // Send what is ready first: only this command waits.
+                        if out.flush(engine, &mut sock).await.is_err() {
+                            close = true;
+                            out.buf.clear();
+                            break;
+                        }
                         crate::durable::counted(engine).await;
                     }
                     let o = conn.handle(&shared, args);
@@ -205,6 +213,18 @@ fn unknown_command(args: &[Bytes]) -> Reply {
 }
 
 impl Conn {
+    /// True if running `args` now reports key counts: DBSIZE or INFO outside MULTI, or an EXEC
+    /// that queued one.
+    fn needs_key_counts(&self, args: &[Bytes]) -> bool {
+        match &self.multi {
+            Some(queue) if args[0].eq_ignore_ascii_case(b"exec") => {
+                queue.iter().any(|q| admin::needs_key_counts(q))
+            }
+            Some(_) => false,
+            None => admin::needs_key_counts(args),
+        }
+    }
+
     fn handle(&mut self, shared: &Shared, args: Vec<Bytes>) -> Outcome {
         let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
         let Some(spec) = command::lookup(&name) else {
@@ -242,7 +262,9 @@ impl Conn {
             _ => {}
         }
         if let Some(queue) = &mut self.multi {
-            let bytes: usize = args.iter().map(Bytes::len).sum();
+            // Each argument costs its bytes and its handle (and, later, an op's framing): an
+            // empty argument is not free.
+            let bytes: usize = args.iter().map(|a| a.len() + QUEUED_ARG_OVERHEAD).sum();
             if queue.len() >= MAX_MULTI_COMMANDS || self.queued_bytes + bytes > MAX_MULTI_BYTES {
                 // EXEC will abort anyway: free what is queued now rather than at EXEC.
                 queue.clear();

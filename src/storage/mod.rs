@@ -383,7 +383,13 @@ fn sync_tree(dir: &Path, faults: &Faults) -> Result<(), SyncFailure> {
             })?;
         }
     }
-    crate::wal::segment::sync_dir(dir).map_err(SyncFailure::Fsync)
+    let d = std::fs::File::open(dir).map_err(|e| retry(format!("opening {}", dir.display()), e))?;
+    d.sync_all().map_err(|e| {
+        SyncFailure::Fsync(Error::io(
+            format!("fsync of directory {}", dir.display()),
+            e,
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -51,7 +51,8 @@ impl Op {
         }
     }
 
-    fn encoded_len(&self) -> usize {
+    /// Bytes this op takes in a record body.
+    pub fn encoded_len(&self) -> usize {
         match self {
             Op::Put { key, value, .. } => 1 + 4 + key.len() + 4 + value.len() + 8,
             Op::Delete { key } => 1 + 4 + key.len(),
@@ -78,12 +79,17 @@ pub fn body_len(ops: &[Op]) -> usize {
 pub fn check_size(ops: &[Op]) -> Result<()> {
     let n = body_len(ops);
     if n > MAX_BODY {
-        return Err(Error::InvalidArgument(format!(
-            "the change is {n} bytes as one write-ahead-log record; the maximum for one command \
-             or transaction is {MAX_BODY} bytes"
-        )));
+        return Err(too_large(n));
     }
     Ok(())
+}
+
+/// The error for a change of `n` bytes as one record, over [`MAX_BODY`].
+pub fn too_large(n: usize) -> Error {
+    Error::InvalidArgument(format!(
+        "the change is {n} bytes as one write-ahead-log record; the maximum for one command or \
+         transaction is {MAX_BODY} bytes"
+    ))
 }
 
 /// Appends the framed record `(lsn, ops)` to `buf` without an intermediate allocation.
