@@ -55,7 +55,16 @@ fn recover_after(dir: &Path, ckpt: u64) -> Result<Vec<u64>, String> {
 /// Four durable small records, then an unsynced batch of 16 records of 300 bytes (about ten
 /// sectors). Returns the segment bytes after the magic and the frame starts (file offsets).
 fn durable_then_batch() -> (Vec<u8>, Vec<usize>) {
-    let (mut body, mut starts) = frames(1, 4, 8);
+    durable_then_batch_padded(8)
+}
+
+/// As `durable_then_batch`, the first record's value `pad` bytes long (to move the batch's
+/// start against sector boundaries).
+fn durable_then_batch_padded(pad: usize) -> (Vec<u8>, Vec<usize>) {
+    let (mut body, mut starts) = frames(1, 1, pad);
+    let (more, mstarts) = frames(2, 4, 8);
+    starts.extend(mstarts.iter().map(|s| s + body.len()));
+    body.extend_from_slice(&more);
     let (batch, bstarts) = frames(5, 20, 300);
     starts.extend(bstarts.iter().map(|s| s + body.len()));
     body.extend_from_slice(&batch);
@@ -96,11 +105,12 @@ fn a_lost_sector_inside_the_last_batch_is_a_torn_tail() {
 
 #[test]
 fn any_subset_of_the_batch_sectors_recovers_a_prefix_of_what_was_written() {
-    let (body, starts) = durable_then_batch();
-    let batch_start = starts[4];
-    let end = MAGIC.len() + body.len();
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    for round in 0..300 {
+    for round in 0..600 {
+        // The batch starts anywhere against a sector boundary, a few bytes before one included.
+        let (body, starts) = durable_then_batch_padded(round % 520);
+        let batch_start = starts[4];
+        let end = MAGIC.len() + body.len();
         let mut damaged = body.clone();
         // The first unsynced sector is always lost (the hard case); each later one with p = 1/2.
         let mut sector = batch_start / SECTOR;
@@ -175,5 +185,37 @@ fn segments_missing_below_the_checkpoint_are_no_loss() {
     assert!(
         e.contains("starts at LSN 11 but the previous segment ends at LSN 4"),
         "{e}"
+    );
+}
+
+/// Real damage far from the end is corruption even when it looks like a lost sector: more than
+/// 2 MiB of data after it cannot be one unsynced batch. So a value with a sector of zeros of its
+/// own plus a flipped bit, or a zeroed sector of synced data, stops startup.
+#[test]
+fn a_zero_sector_far_from_the_end_is_corruption() {
+    let (mut body, starts) = frames(1, 3, 2000); // values of 2000 zero-free bytes
+    let zeros = Op::Put {
+        key: b"z".to_vec(),
+        value: vec![0; 2000],
+        deadline_ms: None,
+    };
+    let zeros_at = MAGIC.len() + body.len();
+    record::encode(&mut body, 4, &[zeros]);
+    let (tail, _) = frames(5, 1200, 2000); // 2.4 MB of acknowledged records after it
+    body.extend_from_slice(&tail);
+    let mut flipped = body.clone();
+    flipped[zeros_at - MAGIC.len() + 30] ^= 1;
+    let d = tempfile::tempdir().unwrap();
+    write_segment(d.path(), 1, &flipped, 64 << 10);
+    let e = recover(d.path()).unwrap_err();
+    assert!(e.contains(&format!("offset {zeros_at}")), "{e}");
+    let mut holed = body.clone();
+    let s = (starts[2] / SECTOR + 1) * SECTOR - MAGIC.len();
+    holed[s..s + SECTOR].fill(0);
+    std::fs::remove_file(d.path().join(segment::name(1))).unwrap();
+    write_segment(d.path(), 1, &holed, 64 << 10);
+    assert!(
+        recover(d.path()).is_err(),
+        "a hole 2.4 MB before the end passed for torn"
     );
 }

@@ -136,6 +136,23 @@ fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
     buf.extend_from_slice(b);
 }
 
+/// Where to cut a buffer of whole frames (as the writer holds them) after at least `at` bytes:
+/// the end of the first frame that reaches `at`, and that frame's LSN. `None` if the buffer
+/// ends there anyway.
+pub fn split_point(buf: &[u8], at: usize) -> Option<(usize, u64)> {
+    let mut off = 0;
+    while off + FRAME_HEADER + 8 <= buf.len() {
+        let len = u32::from_le_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
+        let lsn_at = off + FRAME_HEADER;
+        let lsn = u64::from_le_bytes(buf[lsn_at..lsn_at + 8].try_into().unwrap());
+        off += FRAME_HEADER + len;
+        if off >= at {
+            return (off < buf.len()).then_some((off, lsn));
+        }
+    }
+    None
+}
+
 /// What the reader found at one offset.
 #[derive(Debug)]
 pub enum Frame {
@@ -278,6 +295,25 @@ mod tests {
         assert!(matches!(decode(&buf), Frame::BadBody(..)));
         buf[1] ^= 1;
         assert!(matches!(decode(&buf), Frame::BadHeader));
+    }
+
+    #[test]
+    fn split_point_cuts_after_the_frame_that_reaches_the_mark() {
+        let op = |n: usize| Op::Put {
+            key: b"k".to_vec(),
+            value: vec![b'v'; n],
+            deadline_ms: None,
+        };
+        let mut buf = Vec::new();
+        let mut ends = Vec::new();
+        for lsn in 1..=5 {
+            encode(&mut buf, lsn, &[op(100)]);
+            ends.push(buf.len());
+        }
+        assert_eq!(split_point(&buf, 1), Some((ends[0], 1)));
+        assert_eq!(split_point(&buf, ends[1]), Some((ends[1], 2)));
+        assert_eq!(split_point(&buf, ends[1] + 1), Some((ends[2], 3)));
+        assert_eq!(split_point(&buf, ends[4]), None);
     }
 
     #[test]

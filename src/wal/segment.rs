@@ -16,13 +16,18 @@
 //!   header, or its body, with zeros where the rest was to go), or a bad frame with a *torn
 //!   sector* is a torn write: it and everything after it is truncated with a warning that names
 //!   the segment and offset (nothing in it was acknowledged, since acks follow the fsync);
-//! - a torn sector (etcd's torn-entry check): a group commit writes many sectors at once, and a
-//!   power loss before its fsync may persist any subset of them, so a lost sector inside the
-//!   batch reads as zeros (space ahead of the records is zero-filled and files are never
-//!   reused) while later sectors of the same batch hold data. A bad frame whose bytes in some
-//!   512-byte sector (from the frame's start to the sector's end) are all zero is such a hole.
-//!   Everything after it belongs to the same unsynced batch: a later batch is written only
-//!   after this one's fsync returned, and that fsync would have made it whole;
+//! - a torn sector (etcd's torn-entry check, tightened): a group commit writes many sectors at
+//!   once, and a power loss before its fsync may persist any subset of them, so a lost sector
+//!   inside the batch reads as zeros (space ahead of the records is zero-filled and files are
+//!   never reused) while later sectors of the same batch hold data. A bad frame is such a hole
+//!   if a whole 512-byte sector starting inside it is zero, or its first, partial sector is zero
+//!   from its start and that provably erased its header (see `lost_header_prefix`), *and* at
+//!   most `2 * MAX_BATCH` (2 MiB) of data follow it. The bound is what keeps real damage to
+//!   synced data from passing for a torn tail: in `--fsync always` only the last batch is
+//!   unsynced (a later batch is written only after this one's fsync returned, which would have
+//!   made it whole) and a batch is at most `MAX_BATCH` unless it is one larger record; in
+//!   `periodic`, an fsync runs once `MAX_BATCH` bytes are unsynced. Everything from the hole
+//!   on goes;
 //! - a gap between segments that the checkpoint covers wholly is harmless (a crash while the
 //!   checkpoint removed them), logged and skipped;
 //! - anything else (a bad frame with data after it, damage in a sealed segment, an LSN that is not
@@ -264,22 +269,64 @@ fn zeros(b: &[u8]) -> bool {
 /// The smallest unit a disk writes atomically; a power loss keeps or loses whole sectors.
 pub const SECTOR: usize = 512;
 
-/// True if the frame at `off`, `len` bytes long, lies on a sector that never reached the disk:
-/// some sector it touches is all zeros from the frame's start (or the sector's, if later) to
-/// the sector's end. The bytes of the same sector before `off` belong to the previous, durable
-/// record and are not looked at; the bytes after the frame belong to the same unsynced batch
-/// (or the zero-filled space after it), so a lost sector is zero there too.
+/// Most bytes one group commit writes (a larger record goes alone), and in `--fsync periodic`
+/// most bytes written and not yet fsynced before an fsync is due. So the unsynced tail a power
+/// loss can tear is at most two of these: a bad frame with more data than that after it lies
+/// in synced data, and is corruption whatever it looks like.
+pub const MAX_BATCH: usize = 1 << 20;
+
+/// True if the frame at `off`, `len` bytes long, lies on a sector that never reached the disk,
+/// and is close enough to the end of the data to be in the unsynced tail:
+/// - a sector that starts within the frame is all zeros, or the frame's first, partial sector
+///   is all zeros from the frame's start for at least a whole header (a lost sector of the
+///   batch reads as zeros: the space is zero-filled ahead and files are never reused); a
+///   shorter zero run can be a record's own zero bytes, so it does not count;
+/// - at most `2 * MAX_BATCH` bytes of data follow the frame.
+///
+/// The bytes of the first sector before `off` belong to the previous, durable record and are
+/// not looked at.
 fn torn_sector(data: &[u8], off: usize, len: usize) -> bool {
-    let end = (off + len).min(data.len());
+    let frame_end = (off + len).min(data.len());
+    let data_end = data.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+    if data_end.saturating_sub(frame_end) > 2 * MAX_BATCH {
+        return false;
+    }
     let mut at = off;
-    while at < end {
-        let sector_end = ((at / SECTOR + 1) * SECTOR).min(data.len());
-        if zeros(&data[at..sector_end]) {
-            return true;
+    while at < frame_end {
+        let sector_end = (at / SECTOR + 1) * SECTOR;
+        let chunk = &data[at..sector_end.min(data.len())];
+        if zeros(chunk) {
+            if at % SECTOR == 0 && sector_end <= data.len() {
+                return true; // a whole lost sector
+            }
+            if at == off && lost_header_prefix(data, off, chunk.len()) {
+                return true;
+            }
         }
         at = sector_end;
     }
     false
+}
+
+/// The frame at `off` starts `k` bytes before a sector boundary and those `k` bytes are zero:
+/// was that a lost sector? Yes if they cover the whole length field (`k >= 4`: no real frame
+/// has length 0), or if some value of the lost length bytes passes the header's own check
+/// (`len_crc`, in the sector that did reach the disk): then the rest of the header is real and
+/// only its start was lost. Otherwise the zeros may be the length's own (a length that is a
+/// multiple of 256), and the damage is not shown to be a lost sector.
+fn lost_header_prefix(data: &[u8], off: usize, k: usize) -> bool {
+    if k >= 4 {
+        return true;
+    }
+    let Some(header) = data.get(off..off + FRAME_HEADER) else {
+        return false;
+    };
+    let len_crc = u32::from_le_bytes(header[4..8].try_into().unwrap());
+    let mut len: [u8; 4] = header[..4].try_into().unwrap();
+    (0..1u32 << (8 * k)).any(|low| {
+        len[..k].copy_from_slice(&low.to_le_bytes()[..k]);
+        crc32c::crc32c(&len) == len_crc && u32::from_le_bytes(len) as usize <= record::MAX_BODY
+    })
 }
 
 fn truncate(seg: &mut SegmentInfo, len: u64) -> Result<()> {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use super::{FsyncMode, SegmentInfo, Shared, segment};
+use super::{FsyncMode, SegmentInfo, Shared, record, segment};
 use crate::error::{Error, Result};
 use crate::fault::{self, Faults, Point};
 
@@ -199,7 +199,11 @@ pub(super) fn run(shared: Arc<Shared>) {
         let mut io = shared.io.lock().unwrap_or_else(|p| p.into_inner());
         let sync_due = match mode {
             FsyncMode::Always => true,
-            FsyncMode::Periodic(every) => last_sync.elapsed() >= every,
+            // Also once MAX_BATCH bytes are unsynced, which bounds what a power loss can tear.
+            FsyncMode::Periodic(every) => {
+                last_sync.elapsed() >= every
+                    || io.active.len - io.active.synced_len >= segment::MAX_BATCH as u64
+            }
         };
         match commit(&shared, &mut io, sync_due, true) {
             Ok(Committed { synced, closing }) => {
@@ -241,7 +245,20 @@ fn commit(
             return Err(m.clone()); // failed by another leader: write nothing more
         }
         std::mem::swap(&mut st.buf, &mut io.spare);
-        (st.next_lsn - 1, st.closed)
+        let mut last = st.next_lsn - 1;
+        if io.spare.len() > segment::MAX_BATCH
+            && let Some((cut, cut_last)) = record::split_point(&io.spare, segment::MAX_BATCH)
+        {
+            // At most MAX_BATCH per group commit (or one larger record alone): recovery relies
+            // on it to bound how much a torn batch can hide (see `segment`). The rest goes back
+            // in front of what came in meanwhile, for the next commit.
+            let rest = io.spare.split_off(cut);
+            let newer = std::mem::replace(&mut st.buf, rest);
+            st.buf.extend_from_slice(&newer);
+            last = cut_last;
+        }
+        // Closing only once nothing is left for a later commit.
+        (last, st.closed && st.buf.is_empty())
     };
     let had_data = !io.spare.is_empty();
     if had_data {
