@@ -296,7 +296,7 @@ fn torn_sector(data: &[u8], off: usize, len: usize) -> bool {
         let sector_end = (at / SECTOR + 1) * SECTOR;
         let chunk = &data[at..sector_end.min(data.len())];
         if zeros(chunk) {
-            if at % SECTOR == 0 && sector_end <= data.len() {
+            if at.is_multiple_of(SECTOR) && sector_end <= data.len() {
                 return true; // a whole lost sector
             }
             if at == off && lost_header_prefix(data, off, chunk.len()) {
