@@ -65,6 +65,14 @@ impl Error {
         }
     }
 
+    /// A closure that wraps an error as raised at `what` (for `map_err`).
+    pub fn at(what: String) -> impl FnOnce(Error) -> Error {
+        move |e| Error::At {
+            at: what,
+            source: Box::new(e),
+        }
+    }
+
     /// The error itself, without the parts that say where it was raised.
     pub fn root(&self) -> &Error {
         match self {

@@ -79,6 +79,18 @@ fn grpcurl_lists_describes_and_calls_the_service() {
             &format!("tally.v1.CounterService/{name}"),
         ])
     };
+    // The README's Txn: sell one while stock lasts.
+    rpc("Set", r#"{"key":"stock","value":"1"}"#);
+    let txn = r#"{"compare":[{"key":"stock","op":"GREATER","int_value":0}],
+        "success":[{"incr":{"key":"stock","by":-1}},{"incr":{"key":"sold"}}],
+        "failure":[{"get":{"key":"stock"}}]}"#;
+    let sold = rpc("Txn", txn);
+    assert!(sold.contains(r#""succeeded": true"#), "{sold}");
+    let out = rpc("Txn", txn);
+    assert!(
+        !out.contains("succeeded") && out.contains(r#""found": true"#),
+        "{out}"
+    );
     let exp = rpc(
         "Expire",
         r#"{"key":"page:home","ttl_ms":60000,"condition":"CONDITION_NX"}"#,

@@ -169,14 +169,6 @@ fn holds(tx: &Tx<'_>, c: &Compare) -> Result<bool> {
     })
 }
 
-/// Names the failing item in the error, keeping its kind (and so its status code).
-fn at(what: String) -> impl FnOnce(Error) -> Error {
-    move |e| Error::At {
-        at: what,
-        source: Box::new(e),
-    }
-}
-
 impl Engine {
     /// Runs `txn` atomically; see the module doc.
     pub fn txn(&self, txn: &Txn) -> Result<Ack<TxnOutcome>> {
@@ -190,7 +182,7 @@ impl Engine {
             // on a non-integer value fails the Txn whatever the order.
             let mut succeeded = true;
             for (i, c) in txn.compare.iter().enumerate() {
-                succeeded &= holds(tx, c).map_err(at(format!("compare[{i}]")))?;
+                succeeded &= holds(tx, c).map_err(Error::at(format!("compare[{i}]")))?;
             }
             let (branch, name) = if succeeded {
                 (&txn.success, "success")
@@ -201,7 +193,7 @@ impl Engine {
             for (i, op) in branch.iter().enumerate() {
                 let r = op
                     .run(tx)
-                    .map_err(at(format!("{name}[{i}] ({})", op.name())))?;
+                    .map_err(Error::at(format!("{name}[{i}] ({})", op.name())))?;
                 results.push(r);
             }
             Ok(TxnOutcome { succeeded, results })

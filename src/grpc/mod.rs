@@ -2,6 +2,7 @@
 //! with a pure function, call the engine, wait for the WAL to acknowledge, and translate errors
 //! in one place (`status`).
 
+mod convert;
 mod incoming;
 pub mod pb;
 mod service;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::pb::{self, counter_service_server::CounterService};
-use super::validate;
+use super::{convert, validate};
 use crate::engine::{Ack, Engine, Ttl};
 
 /// The gRPC service.
@@ -41,18 +41,6 @@ impl Service {
     }
 }
 
-/// A stored value for a `string` field, and its exact bytes for the `bytes` field beside it when
-/// it is not valid UTF-8 (a binary value written over RESP); those are empty otherwise.
-fn text(v: Vec<u8>) -> (String, Vec<u8>) {
-    match String::from_utf8(v) {
-        Ok(s) => (s, Vec::new()),
-        Err(e) => {
-            let b = e.into_bytes();
-            (String::from_utf8_lossy(&b).into_owned(), b)
-        }
-    }
-}
-
 #[tonic::async_trait]
 impl CounterService for Service {
     async fn incr(
@@ -62,11 +50,7 @@ impl CounterService for Service {
         let r = req.into_inner();
         let (key, req) = validate::incr(&r)?;
         let out = self.settle(self.engine.increx(key, &req)).await?;
-        Ok(Response::new(pb::IncrResponse {
-            value: out.value,
-            applied: out.applied,
-            ttl_ms: out.ttl_ms,
-        }))
+        Ok(Response::new(convert::incr_response(out)))
     }
 
     async fn incr_by_float(
@@ -85,32 +69,14 @@ impl CounterService for Service {
         let r = req.into_inner();
         let key = validate::key_only(&r, &r.key)?;
         let v = self.settle(self.engine.get(key)).await?;
-        Ok(Response::new(match v {
-            Some(v) => {
-                let (value, value_bytes) = text(v);
-                pb::GetResponse {
-                    found: true,
-                    value,
-                    value_bytes,
-                }
-            }
-            None => pb::GetResponse::default(),
-        }))
+        Ok(Response::new(convert::get_response(v)))
     }
 
     async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
         let r = req.into_inner();
         let (key, value, opts) = validate::set(&r)?;
         let out = self.settle(self.engine.set(key, value, &opts)).await?;
-        let (old_value, old_value_bytes) = match out.old.map(text) {
-            Some((s, b)) => (Some(s), b),
-            None => (None, Vec::new()),
-        };
-        Ok(Response::new(pb::SetResponse {
-            applied: out.applied,
-            old_value,
-            old_value_bytes,
-        }))
+        Ok(Response::new(convert::set_response(out)))
     }
 
     async fn expire(
@@ -158,6 +124,13 @@ impl CounterService for Service {
         let keys = validate::delete(&r)?;
         let deleted = self.settle(self.engine.delete(&keys)).await?;
         Ok(Response::new(pb::DeleteResponse { deleted }))
+    }
+
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let r = req.into_inner();
+        let txn = validate::txn(&r)?;
+        let out = self.settle(self.engine.txn(&txn)).await?;
+        Ok(Response::new(convert::txn_response(out)))
     }
 
     async fn stats(

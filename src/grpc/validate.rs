@@ -131,3 +131,8 @@ pub fn delete(r: &pb::DeleteRequest) -> Result<Vec<Vec<u8>>> {
     }
     r.keys.iter().map(|k| key(k).map(<[u8]>::to_vec)).collect()
 }
+
+pub fn txn(r: &pb::TxnRequest) -> Result<crate::engine::Txn> {
+    size(r)?;
+    super::convert::txn(r)
+}
