@@ -31,6 +31,7 @@ mod txn;
 
 use census::Census;
 pub use census::{CENSUS_WAIT, CensusWaiter};
+pub use checkpoint::copy_tree;
 pub use expire::{Condition, Expiry, Ttl};
 pub use increx::{IncrEx, IncrExOutcome, TtlChange};
 use replay::Replay;
@@ -51,8 +52,7 @@ use tracing::{error, info, warn};
 use crate::clock::Clock;
 use crate::config::{self, Config};
 use crate::error::{Error, Result};
-use crate::fault::{self, Point};
-use crate::storage::{Delta, Store, SyncFailure};
+use crate::storage::{Delta, Store};
 use crate::wal::{Op, Waiter, Wal, WalConfig};
 
 /// Number of key-lock stripes. Two keys share a stripe with probability 1/STRIPES; that only
@@ -360,87 +360,6 @@ impl Engine {
         self.wal.notify(lsn, w)
     }
 
-    /// Makes sled durable up to the newest LSN and drops the WAL segments that covers.
-    /// Returns the checkpoint LSN.
-    pub fn checkpoint(&self) -> Result<u64> {
-        let mut last = self
-            .checkpoint_lsn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        // Every LSN <= l is already applied to sled (see `Wal::append_with`), and, taking the
-        // fsynced LSN rather than the newest, the checkpoint never runs ahead of the durable
-        // log: after a power loss the WAL still reaches at least `l`, so recovery continues the
-        // LSN sequence in the newest segment. (sled may hold newer, unacknowledged effects.)
-        if let Some(why) = self.wal.failure() {
-            return Err(Error::Unavailable(why));
-        }
-        let l = self.wal.synced_lsn();
-        if l == *last {
-            return Ok(l);
-        }
-        let started = Instant::now();
-        let synced = if fault::simulate_power_loss() {
-            // Keep a copy of sled exactly as synced, taken with appends paused so the files are
-            // quiet and consistent: torture's power loss rolls sled back to it.
-            self.wal.with_appends_paused(|| {
-                self.store.sync(&self.config.faults)?;
-                snapshot_dir(
-                    &self.config.data_dir.join("sled"),
-                    &self.config.data_dir.join("sled.synced"),
-                )
-                .map_err(SyncFailure::Retry)
-            })
-        } else {
-            self.store.sync(&self.config.faults)
-        };
-        match synced {
-            Ok(()) => {}
-            Err(SyncFailure::Retry(e)) => return Err(e),
-            Err(SyncFailure::Fsync(e)) => {
-                // Never retried: the kernel may have dropped sled's dirty pages, and a later
-                // fsync that "succeeds" would let us delete the WAL that is now their only copy.
-                // Keep every segment, take no more checkpoints, refuse writes (fail-stop, as for
-                // the WAL's fsync); a restart replays the WAL from the last good checkpoint.
-                let msg = format!(
-                    "checkpoint failed: {e}; sled's files may have lost writes, so the WAL is \
-                     kept and no further writes are accepted (restart to recover from the WAL)"
-                );
-                self.wal.fail_stop(msg.clone());
-                return Err(Error::Unavailable(msg));
-            }
-        }
-        checkpoint::write(&self.config.data_dir, l)?;
-        *last = l;
-        self.checkpoints.fetch_add(1, Ordering::Relaxed);
-        fault::point(Point::CheckpointBeforeRemove);
-        let removed = self.wal.remove_through(l)?;
-        info!(
-            lsn = l,
-            removed_segments = removed,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "checkpoint"
-        );
-        Ok(l)
-    }
-
-    fn checkpoint_due(&self, last_run: Instant) -> bool {
-        self.wal.failure().is_none() && self.checkpoint_size_or_age_due(last_run)
-    }
-
-    /// Due by size when the WAL is over `checkpoint_bytes` *and* has a sealed segment the
-    /// checkpoint could remove: the active segment alone over the threshold (a large
-    /// `--wal-segment-bytes`, or one that cannot roll) is not shrunk by a checkpoint, and taking
-    /// one every poll (10 ms) would only fsync sled over and over. Due by age as before.
-    fn checkpoint_size_or_age_due(&self, last_run: Instant) -> bool {
-        (self.wal.disk_bytes() >= self.config.checkpoint_bytes && self.wal.segment_count() > 1)
-            || (last_run.elapsed() >= self.config.checkpoint_interval
-                && self.wal.last_lsn()
-                    > *self
-                        .checkpoint_lsn
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()))
-    }
-
     /// Graceful stop: refuse new writes, write and fsync what the WAL holds, checkpoint.
     /// Idempotent.
     /// Background threads are stopped and joined first, so once this returns no thread holds a
@@ -561,38 +480,6 @@ impl Drop for Engine {
             error!("closing the engine: {e}");
         }
     }
-}
-
-/// Replaces `to` with a copy of the directory tree `from` (power-loss simulation only). At
-/// every instant one complete copy exists: `to`, or else `<to>.old` (see torture's
-/// `lose_unsynced`).
-fn snapshot_dir(from: &Path, to: &Path) -> Result<()> {
-    let (tmp, old) = (to.with_extension("tmp"), to.with_extension("old"));
-    let io = |what: &str, e| Error::io(format!("{what} for the sled snapshot"), e);
-    let _ = std::fs::remove_dir_all(&tmp);
-    copy_tree(from, &tmp).map_err(|e| io("copying", e))?;
-    let _ = std::fs::remove_dir_all(&old);
-    if to.exists() {
-        std::fs::rename(to, &old).map_err(|e| io("renaming", e))?;
-    }
-    std::fs::rename(&tmp, to).map_err(|e| io("renaming", e))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
-}
-
-/// Copies a directory tree.
-pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let dest = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &dest)?;
-        } else {
-            std::fs::copy(entry.path(), dest)?;
-        }
-    }
-    Ok(())
 }
 
 fn lock_dir(dir: &Path) -> Result<File> {
