@@ -5,6 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use common::InProc;
+use common::kv::{get, set};
 use tally::clock::SystemClock;
 use tally::config::Config;
 use tally::grpc::pb::*;
@@ -22,25 +23,6 @@ fn incr(key: &str, by: Option<i64>) -> IncrRequest {
         by,
         ..Default::default()
     }
-}
-
-async fn get(c: &mut common::Client, key: &str) -> Option<String> {
-    let r = c
-        .get(GetRequest { key: key.into() })
-        .await
-        .unwrap()
-        .into_inner();
-    r.found.then_some(r.value)
-}
-
-async fn set(c: &mut common::Client, key: &str, value: &str) {
-    c.set(SetRequest {
-        key: key.into(),
-        value: value.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -13,6 +13,8 @@ use tally::engine::Engine;
 use tally::grpc::pb::counter_service_client::CounterServiceClient;
 use tonic::transport::Channel;
 
+pub mod kv;
+
 pub type Client = CounterServiceClient<Channel>;
 
 /// A server running inside the test process.
