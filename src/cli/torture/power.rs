@@ -7,8 +7,8 @@
 //! any part of it. Each crash picks one of three fates for that unsynced tail:
 //! - lost whole (the segment is cut at its synced length);
 //! - a prefix of its sectors kept (the segment is cut at a random sector boundary past it);
-//! - holes: its first sector lost and each later one kept with probability 1/2, the file length
-//!   unchanged, so recovery meets a bad frame followed by more data (the torn-sector rule in
+//! - holes: each of its sectors lost or kept at random (the first lost more often), the file
+//!   length unchanged, so recovery meets a bad frame followed by more data (the torn-sector rule in
 //!   `tally::wal::segment`). Chosen four times in five when the unsynced data spans sectors.
 
 use std::os::unix::fs::FileExt;
@@ -85,8 +85,8 @@ fn data_end(f: &std::fs::File, from: u64, len: u64) -> std::io::Result<u64> {
             .map_or(0, |p| p as u64 + 1))
 }
 
-/// Zeroes the unsynced bytes `[synced, len)` sector by sector: the first sector always, each
-/// later one with probability 1/2. (Bytes of a sector before `synced` were durable already.)
+/// Zeroes the unsynced bytes `[synced, len)` sector by sector, each lost with probability 1/2
+/// (3/4 for the first, until one is lost). (Bytes of a sector before `synced` were durable.)
 /// True if a lost sector is followed by a kept one that holds data.
 fn punch_holes(
     f: &std::fs::File,
@@ -100,12 +100,13 @@ fn punch_holes(
     while at < len {
         let end = ((at / sector + 1) * sector).min(len);
         let mut buf = vec![0u8; (end - at) as usize];
-        if !lost_before || rng.random_bool(0.5) {
+        // The first sector is lost more often: the hard case, a hole with everything after it.
+        if rng.random_bool(if lost_before { 0.5 } else { 0.75 }) {
             f.write_all_at(&buf, at)?;
             lost_before = true;
         } else {
             f.read_exact_at(&mut buf, at)?;
-            hole |= buf.iter().any(|&b| b != 0);
+            hole |= lost_before && buf.iter().any(|&b| b != 0);
         }
         at = end;
     }
