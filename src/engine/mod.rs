@@ -26,6 +26,7 @@ mod checkpoint;
 mod expire;
 mod increx;
 mod replay;
+mod throttle;
 mod tx;
 mod txn;
 
@@ -35,6 +36,7 @@ pub use checkpoint::copy_tree;
 pub use expire::{Condition, Expiry, Ttl};
 pub use increx::{IncrEx, IncrExOutcome, TtlChange};
 use replay::Replay;
+pub use throttle::{Throttle, ThrottleOutcome};
 pub use tx::{GetEx, Tx};
 pub use txn::{Compare, CompareOp, MAX_TXN_ITEMS, Target, Txn, TxnOp, TxnOutcome, TxnResult};
 
@@ -281,6 +283,11 @@ impl Engine {
     /// INCREX: the bounded, expiring increment (see `increx`).
     pub fn increx(&self, key: &[u8], req: &IncrEx) -> Result<Ack<IncrExOutcome>> {
         self.run(&[key], |tx| tx.increx(key, req))
+    }
+
+    /// One GCRA rate-limit request (see `throttle`).
+    pub fn throttle(&self, key: &[u8], t: &Throttle) -> Result<Ack<ThrottleOutcome>> {
+        self.run(&[key], |tx| tx.throttle(key, t))
     }
 
     /// Redis INCRBYFLOAT, bit-exact (see `value::incr_by_float`); returns the stored string.

@@ -133,6 +133,22 @@ impl CounterService for Service {
         Ok(Response::new(convert::txn_response(out)))
     }
 
+    async fn throttle(
+        &self,
+        req: Request<pb::ThrottleRequest>,
+    ) -> Result<Response<pb::ThrottleResponse>, Status> {
+        let r = req.into_inner();
+        let (key, t) = validate::throttle(&r)?;
+        let o = self.settle(self.engine.throttle(key, &t)).await?;
+        Ok(Response::new(pb::ThrottleResponse {
+            limited: o.limited,
+            limit: o.limit,
+            remaining: o.remaining,
+            retry_after_ms: o.retry_after_ms,
+            reset_after_ms: o.reset_after_ms,
+        }))
+    }
+
     async fn stats(
         &self,
         _req: Request<pb::StatsRequest>,

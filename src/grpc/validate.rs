@@ -136,3 +136,14 @@ pub fn txn(r: &pb::TxnRequest) -> Result<crate::engine::Txn> {
     size(r)?;
     super::convert::txn(r)
 }
+
+pub fn throttle(r: &pb::ThrottleRequest) -> Result<(&[u8], crate::engine::Throttle)> {
+    size(r)?;
+    let t = crate::engine::Throttle {
+        max_burst: r.max_burst,
+        count_per_period: r.count_per_period,
+        period_ms: r.period_ms,
+        quantity: r.quantity.unwrap_or(1),
+    };
+    Ok((key(&r.key)?, t))
+}
