@@ -79,6 +79,17 @@ fn grpcurl_lists_describes_and_calls_the_service() {
             &format!("tally.v1.CounterService/{name}"),
         ])
     };
+    // The README's Throttle call.
+    let th = rpc(
+        "Throttle",
+        r#"{"key":"api:alice","max_burst":15,"count_per_period":30,"period_ms":60000}"#,
+    );
+    assert!(
+        th.contains(r#""limit": "16""#)
+            && th.contains(r#""remaining": "15""#)
+            && th.contains(r#""retryAfterMs": "-1""#),
+        "{th}"
+    );
     // The README's Txn: sell one while stock lasts.
     rpc("Set", r#"{"key":"stock","value":"1"}"#);
     let txn = r#"{"compare":[{"key":"stock","op":"GREATER","int_value":0}],
