@@ -1,8 +1,8 @@
 //! Group commit shares fsyncs between concurrent clients on every runtime shape. In particular a
 //! one-worker runtime must never let a waiter commit inline: the blocked worker is the only one
 //! that could run the other clients, so each of them would find the log idle in turn and pay a
-//! whole fsync alone (50 clients once fell from 47k to 6k INCR/s that way). Counted in fsyncs
-//! (`Stats::wal_fsyncs`), not timed.
+//! whole fsync alone (50 clients once fell from 47k to 6k INCR/s that way). And one group commit
+//! is at most 1 MiB. Counted in fsyncs (`Stats::wal_fsyncs`), not timed.
 
 use std::sync::Arc;
 
@@ -70,4 +70,33 @@ fn two_worker_runtime_batches_fsyncs() {
         .enable_all()
         .build();
     assert_batched(rt.unwrap(), 2);
+}
+
+/// One group commit writes at most 1 MiB (`segment::MAX_BATCH`; recovery's torn-tail rule
+/// relies on it): 3 MiB appended at once is written, and fsynced, in at least three batches.
+#[test]
+fn a_group_commit_writes_at_most_one_mebibyte() {
+    use tally::wal::{FsyncMode, Op, Wal, WalConfig};
+    let d = tempfile::tempdir().unwrap();
+    let cfg = WalConfig {
+        dir: d.path().join("wal"),
+        segment_bytes: 64 << 20,
+        fsync: FsyncMode::Always,
+        faults: Arc::default(),
+    };
+    let wal = Wal::open(cfg, 0, &mut |_| Ok(())).unwrap().0;
+    let op = [Op::Put {
+        key: b"k".to_vec(),
+        value: vec![b'v'; 1000],
+        deadline_ms: None,
+    }];
+    let before = wal.stats().fsyncs;
+    let mut last = 0;
+    for _ in 0..3 * 1024 {
+        last = wal.append(&op).unwrap();
+    }
+    wal.wait(last).unwrap();
+    let fsyncs = wal.stats().fsyncs - before;
+    assert!(fsyncs >= 3, "3 MiB committed in {fsyncs} fsyncs");
+    assert!(wal.stats().bytes >= 3 << 20);
 }
