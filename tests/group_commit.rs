@@ -100,3 +100,34 @@ fn a_group_commit_writes_at_most_one_mebibyte() {
     assert!(fsyncs >= 3, "3 MiB committed in {fsyncs} fsyncs");
     assert!(wal.stats().bytes >= 3 << 20);
 }
+
+/// In `--fsync periodic` an fsync also runs once 1 MiB is written and unsynced, whatever the
+/// interval (which bounds what a power loss can tear): 3 MiB with an hour's interval still
+/// costs an fsync.
+#[test]
+fn periodic_mode_fsyncs_once_a_mebibyte_is_unsynced() {
+    use tally::wal::{FsyncMode, Op, Wal, WalConfig};
+    let d = tempfile::tempdir().unwrap();
+    let cfg = WalConfig {
+        dir: d.path().join("wal"),
+        segment_bytes: 64 << 20,
+        fsync: FsyncMode::Periodic(std::time::Duration::from_secs(3600)),
+        faults: Arc::default(),
+    };
+    let wal = Wal::open(cfg, 0, &mut |_| Ok(())).unwrap().0;
+    let op = [Op::Put {
+        key: b"k".to_vec(),
+        value: vec![b'v'; 1000],
+        deadline_ms: None,
+    }];
+    let mut last = 0;
+    for _ in 0..3 * 1024 {
+        last = wal.append(&op).unwrap();
+    }
+    wal.wait(last).unwrap();
+    let fsyncs = wal.stats().fsyncs;
+    assert!(
+        fsyncs >= 1,
+        "3 MiB written with {fsyncs} fsyncs in periodic mode"
+    );
+}

@@ -86,10 +86,7 @@ impl Tx<'_> {
         req.validate()?;
         let now = self.now();
         let cur = self.entry(key)?;
-        let old = match &cur {
-            None => 0,
-            Some(e) => value::parse_int(&e.value).ok_or(Error::NotInteger)?,
-        };
+        let old = value::stored_int(cur.as_ref().map(|e| e.value.as_slice()))?;
         let cur_deadline = cur.as_ref().and_then(|e| e.deadline_ms);
         let ttl_of = |exists: bool, deadline: Option<i64>| match (exists, deadline) {
             (false, _) => -2,

@@ -173,10 +173,8 @@ impl<'e> Tx<'e> {
 
     /// INCRBY: keeps the TTL; a missing key counts as 0.
     pub fn incr(&mut self, key: &[u8], by: i64) -> Result<i64> {
-        let cur = self.entry(key)?;
-        let v = value::incr(cur.as_ref().map(|e| e.value.as_slice()), by)?;
-        self.put(key, value::format_int(v), cur.and_then(|e| e.deadline_ms))?;
-        Ok(v)
+        // INCREX without bounds or TTL change is exactly INCRBY.
+        Ok(self.increx(key, &super::IncrEx::by(by))?.value)
     }
 
     /// INCRBYFLOAT: keeps the TTL; a missing key counts as 0.

@@ -149,13 +149,7 @@ fn holds(tx: &Tx<'_>, c: &Compare) -> Result<bool> {
     let cur = tx.entry(&c.key)?;
     let ord = match &c.target {
         Target::Exists(want) => cur.is_some().cmp(want),
-        Target::Int(n) => {
-            let v = match &cur {
-                None => 0,
-                Some(e) => value::parse_int(&e.value).ok_or(Error::NotInteger)?,
-            };
-            v.cmp(n)
-        }
+        Target::Int(n) => value::stored_int(cur.as_ref().map(|e| e.value.as_slice()))?.cmp(n),
         Target::Value(want) => {
             let v: &[u8] = cur.as_ref().map_or(&[], |e| &e.value);
             v.cmp(want.as_slice())

@@ -39,14 +39,18 @@ pub fn parse_int(s: &[u8]) -> Option<i64> {
     if neg { Some(v) } else { v.checked_neg() }
 }
 
+/// A stored value as a counter, as INCR reads it: `string2ll`, a missing value counting as 0.
+pub fn stored_int(old: Option<&[u8]>) -> Result<i64> {
+    match old {
+        None => Ok(0),
+        Some(s) => parse_int(s).ok_or(Error::NotInteger),
+    }
+}
+
 /// Applies an increment with Redis's overflow rule, reading the old value with `string2ll`.
 /// A missing value counts as 0.
 pub fn incr(old: Option<&[u8]>, by: i64) -> Result<i64> {
-    let old = match old {
-        None => 0,
-        Some(s) => parse_int(s).ok_or(Error::NotInteger)?,
-    };
-    old.checked_add(by).ok_or(Error::Overflow)
+    stored_int(old)?.checked_add(by).ok_or(Error::Overflow)
 }
 
 /// Formats an integer the way Redis stores it.
