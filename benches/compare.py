@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Tally vs Redis with the same durability promise, side by side in one run on one machine.
 
-    python3 benches/compare.py [--secs 5] [--rounds 2] [--only throughput|footprint]
+    python3 benches/compare.py [--secs 5] [--rounds 2] [--only throughput|footprint|api]
 
 Throughput (the ratio table):
   * starts redis-server twice (`appendonly yes` with `appendfsync always`, and with `everysec`)
@@ -18,6 +18,12 @@ Footprint:
   * restart time with 1,000,000 records in the WAL tail (loaded, kill -9, time to "serving");
   * RSS holding 1,000,000 counters, Tally vs Redis (`INCR c:<i>` for i < 1M, via
     `redis-cli --pipe`), and Tally's on-disk bytes per counter after a checkpoint.
+
+API (Tally alone, `--fsync always`; the gRPC API issue's two goals):
+  * gRPC `Incr` with a new request id on every call vs without, at 16 and 64 in flight
+    (goal >= 0.9x);
+  * a `Txn` of 100 `Incr` ops at 16 in flight, in increments per second, vs unary `Incr` at 16
+    in flight (goal >= 10x).
 
 Needs redis-server, redis-benchmark, redis-cli (Debian's redis-server package). Builds the
 release binary first. Never run it while something else loads the machine.
@@ -185,6 +191,41 @@ def throughput(a, work):
               f"**{p99(t, load) / raw99:.2f}** | {ops(t, load) / raw:.2f} |")
 
 
+def api(a, work):
+    s = tally("tally-api", work, "always")
+    res = {}
+
+    def run(label, extra, c):
+        v = tally_bench(["--addr", f"http://127.0.0.1:{s.grpc_port}", "--concurrency", str(c),
+                         "--connections", str(min(c, 4)), "--keys", "1000", *extra], a.secs)
+        res.setdefault(label, []).append(v)
+        print(f"  {label:28} {v[0]:9.0f} incr/s  p99 {v[1]:7.0f} us", flush=True)
+
+    try:
+        for r in range(a.rounds):
+            print(f"api round {r + 1}/{a.rounds}", flush=True)
+            for c in (16, 64):
+                run(f"incr c={c}", [], c)
+                run(f"incr+id c={c}", ["--request-ids"], c)
+            run("txn100 c=16", ["--txn-ops", "100"], 16)
+    finally:
+        s.stop()
+
+    def ops(label):
+        return statistics.mean(v[0] for v in res[label])
+
+    print(f"\nmean of {a.rounds} round(s), {a.secs:g} s per run, Tally --fsync always\n")
+    print("| load | increments/s | reference | ratio | goal |")
+    print("|---|---|---|---|---|")
+    for c in (16, 64):
+        print(f"| gRPC Incr with a request id, {c} in flight | {ops(f'incr+id c={c}'):.0f} | "
+              f"{ops(f'incr c={c}'):.0f} (without) | "
+              f"**{ops(f'incr+id c={c}') / ops(f'incr c={c}'):.2f}** | >= 0.9 |")
+    print(f"| Txn of 100 Incr, 16 in flight | {ops('txn100 c=16'):.0f} | "
+          f"{ops('incr c=16'):.0f} (unary Incr, 16 in flight) | "
+          f"**{ops('txn100 c=16') / ops('incr c=16'):.1f}** | >= 10 |")
+
+
 def pipe_counters(port, n):
     """INCR c:0 .. c:n-1 through redis-cli --pipe (which ends with an ECHO it waits for)."""
     payload = b"".join(b"*2\r\n$4\r\nINCR\r\n$%d\r\nc:%d\r\n" % (len(b"c:%d" % i), i)
@@ -243,7 +284,7 @@ def main():
     p.add_argument("--secs", type=float, default=5, help="seconds per run")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds")
     p.add_argument("--counters", type=int, default=1_000_000, help="footprint key count")
-    p.add_argument("--only", choices=["throughput", "footprint"])
+    p.add_argument("--only", choices=["throughput", "footprint", "api"])
     a = p.parse_args()
     for tool in ("redis-server", "redis-benchmark", "redis-cli"):
         if not shutil.which(tool):
@@ -256,6 +297,8 @@ def main():
             throughput(a, work)
         if a.only in (None, "footprint"):
             footprint(a, work)
+        if a.only in (None, "api"):
+            api(a, work)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,14 @@ pub const TCP_KEEPALIVE: Duration = Duration::from_secs(300);
 /// Default time after which new writes are checkpointed even under light load.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Longest request id accepted (gRPC `request_id`), in bytes.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+/// Default time a request id is remembered (`--dedupe-window-secs`): a retry within it is
+/// answered with the first call's response.
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(86_400);
+/// Default cap on request ids remembered (`--dedupe-max-entries`); past it the oldest go.
+pub const DEFAULT_DEDUPE_MAX_ENTRIES: u64 = 1_000_000;
+
 /// Everything the engine needs to open a data directory.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -67,6 +75,10 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     /// sled's page cache capacity (its own accounting).
     pub cache_bytes: u64,
+    /// How long a request id is remembered.
+    pub dedupe_window: Duration,
+    /// Most request ids remembered.
+    pub dedupe_max_entries: u64,
     /// Keys the startup census counts per step, with appends paused (tests make it small so
     /// that writes race the census).
     pub census_step_keys: usize,
@@ -84,6 +96,8 @@ impl Config {
             checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            dedupe_max_entries: DEFAULT_DEDUPE_MAX_ENTRIES,
             census_step_keys: 1024,
             faults: Arc::default(),
         }

@@ -22,6 +22,8 @@ pub enum Error {
     InvalidExpireTime(&'static str),
     /// The request is malformed or breaks a documented limit; the message names it.
     InvalidArgument(String),
+    /// A request id was used before for a different request.
+    AlreadyExists(String),
     /// The server can no longer acknowledge writes (a failed fsync, or shutting down).
     /// Fail-stop: nothing is retried behind the caller's back.
     Unavailable(String),
@@ -96,7 +98,7 @@ impl fmt::Display for Error {
             Error::NotFloat => f.write_str("value is not a valid float"),
             Error::NanOrInfinity => f.write_str("increment would produce NaN or Infinity"),
             Error::InvalidExpireTime(cmd) => write!(f, "invalid expire time in '{cmd}' command"),
-            Error::InvalidArgument(m) => f.write_str(m),
+            Error::InvalidArgument(m) | Error::AlreadyExists(m) => f.write_str(m),
             Error::Unavailable(m) => write!(f, "unavailable: {m}"),
             Error::NoSpace => f.write_str(
                 "no space left on device for the write-ahead log; writes are refused until space returns",

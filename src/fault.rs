@@ -32,17 +32,23 @@ pub enum Point {
     CheckpointAfterRemove,
     /// Inside a sweep: after a batch of expired keys is logged, before it is acknowledged.
     Sweep,
+    /// After a request id is stored in sled, before its record reaches the WAL: in a record of
+    /// plain inserts, before the record's op is stored too (see `storage::requests`); in a batch,
+    /// with the batch. sled's buffers are written out first, so the crash leaves on disk exactly
+    /// the states that startup repairs (`engine::dedupe`).
+    StoreAfterRequestId,
 }
 
 impl Point {
     /// Every point, for `tally torture`.
-    pub const ALL: [Point; 6] = [
+    pub const ALL: [Point; 7] = [
         Point::WalBeforeAppend,
         Point::WalAfterWrite,
         Point::WalAfterFsync,
         Point::CheckpointBeforeRemove,
         Point::CheckpointAfterRemove,
         Point::Sweep,
+        Point::StoreAfterRequestId,
     ];
 
     /// The name used in `TALLY_FAILPOINT`.
@@ -54,6 +60,7 @@ impl Point {
             Point::CheckpointBeforeRemove => "checkpoint-before-remove",
             Point::CheckpointAfterRemove => "checkpoint-after-remove",
             Point::Sweep => "sweep",
+            Point::StoreAfterRequestId => "store-after-request-id",
         }
     }
 }
@@ -87,10 +94,17 @@ fn armed() -> &'static Option<Armed> {
 /// Crashes the process here if this point is armed and its count is reached.
 #[inline]
 pub fn point(p: Point) {
+    point_after(p, || {});
+}
+
+/// As [`point`], running `last` just before the crash (to leave a chosen state on disk).
+#[inline]
+pub fn point_after(p: Point, last: impl FnOnce()) {
     if let Some(a) = armed()
         && a.point == p
         && a.remaining.fetch_sub(1, Ordering::SeqCst) == 1
     {
+        last();
         eprintln!("tally: fail point {} reached: aborting", p.name());
         std::process::abort();
     }

@@ -127,6 +127,7 @@ async fn past_deadlines_delete_and_overflow_is_refused() {
             key: "k".into(),
             when: Option::None,
             condition: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -155,11 +156,14 @@ async fn expired_keys_are_missing_for_every_operation() {
             .unwrap()
     );
     assert!(
-        !c.persist(PersistRequest { key: "k".into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .applied
+        !c.persist(PersistRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .applied
     );
     // INCR on an expired key starts a new key at 1 with no TTL.
     assert_eq!(incr(&mut c, "k").await, 1);
@@ -196,6 +200,7 @@ async fn expired_keys_are_missing_for_every_operation() {
     let r = c
         .delete(DeleteRequest {
             keys: vec!["f".into()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -334,18 +339,24 @@ async fn set_options_and_which_writes_keep_the_ttl() {
     .await
     .unwrap();
     assert!(
-        c.persist(PersistRequest { key: "k".into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .applied
+        c.persist(PersistRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .applied
     );
     assert!(
-        !c.persist(PersistRequest { key: "k".into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .applied
+        !c.persist(PersistRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .applied
     );
     assert_eq!(ttl(&mut c, "k").await, (-1, -1));
     clock.advance(5000);

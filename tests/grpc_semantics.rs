@@ -152,13 +152,21 @@ async fn delete_counts_existing_keys_once() {
     set(&mut c, "a", "1").await;
     set(&mut c, "b", "x").await;
     let keys = ["a", "a", "b", "nope"].map(String::from).to_vec();
-    let r = c.delete(DeleteRequest { keys }).await.unwrap().into_inner();
+    let r = c
+        .delete(DeleteRequest {
+            keys,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.deleted, 2);
     assert_eq!(get(&mut c, "a").await, None);
     assert_eq!(get(&mut c, "b").await, None);
     assert_eq!(
         c.delete(DeleteRequest {
-            keys: vec!["a".into()]
+            keys: vec!["a".into()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -217,7 +225,13 @@ async fn bad_input_is_invalid_argument_naming_the_limit() {
     let keys: Vec<String> = (0..1200)
         .map(|i| format!("{i:04}{}", "x".repeat(4000)))
         .collect();
-    let e = c.delete(DeleteRequest { keys }).await.unwrap_err();
+    let e = c
+        .delete(DeleteRequest {
+            keys,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(
         e.message()
@@ -226,12 +240,19 @@ async fn bad_input_is_invalid_argument_naming_the_limit() {
         e.message()
     );
     let keys: Vec<String> = (0..10_001).map(|i| i.to_string()).collect();
-    let e = c.delete(DeleteRequest { keys }).await.unwrap_err();
+    let e = c
+        .delete(DeleteRequest {
+            keys,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("maximum is 10000"), "{}", e.message());
     let e = c
         .delete(DeleteRequest {
             keys: vec!["a".into(), String::new()],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -293,6 +314,7 @@ async fn incr_by_float_prints_like_redis() {
         let req = IncrByFloatRequest {
             key: "f".into(),
             by: by.into(),
+            ..Default::default()
         };
         let mut c = client.clone();
         async move { c.incr_by_float(req).await }

@@ -15,6 +15,7 @@ fn hit(key: &str) -> ThrottleRequest {
         count_per_period: 1,
         period_ms: 60_000,
         quantity: None,
+        ..Default::default()
     }
 }
 

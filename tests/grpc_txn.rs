@@ -65,6 +65,7 @@ async fn compare_and_swap_picks_the_branch_and_ops_see_each_other() {
         compare: vec![cmp("k", Operator::Equal, Target::IntValue(0))],
         success: vec![set("k", "10"), incr("k", 5), get("k")],
         failure: vec![get("k")],
+        ..Default::default()
     };
     // A missing key counts as 0: the swap happens, later ops seeing earlier ones.
     let r = c.txn(cas.clone()).await.unwrap().into_inner();
@@ -87,6 +88,7 @@ async fn compare_and_swap_picks_the_branch_and_ops_see_each_other() {
             ],
             success: vec![incr("n", 1)],
             failure: vec![],
+            ..Default::default()
         })
         .await
         .unwrap()

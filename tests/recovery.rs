@@ -265,6 +265,7 @@ async fn restart_keeps_acknowledged_state_after_term_and_after_kill9() {
         .unwrap();
         c.delete(DeleteRequest {
             keys: vec!["gone".into()],
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -38,11 +38,14 @@ async fn sweeper_empties_the_ttl_index_through_the_write_path() {
             .unwrap()
     );
     assert!(
-        c.persist(PersistRequest { key: "t1".into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .applied
+        c.persist(PersistRequest {
+            key: "t1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .applied
     );
     let st = c.stats(StatsRequest {}).await.unwrap().into_inner();
     assert_eq!((st.keys, st.keys_with_ttl), (601, 599));

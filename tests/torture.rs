@@ -1,6 +1,9 @@
 //! Bounded runs of `tally torture` (the user-facing crash harness) in the test suite: kill -9
-//! with fail points, simulated power loss (torn group commits included), and proof that the power-loss mode has teeth (with
-//! the group-commit fsync skipped through a test-only switch, it must report lost writes).
+//! with fail points and simulated power loss (torn group commits included), both in
+//! exactly-once mode (`--retries`: every write whose reply was lost is retried with its request
+//! id, and counters must be exact; pair Txns must be all there or all absent), and proof that
+//! the power-loss mode has teeth (with the group-commit fsync skipped through a test-only
+//! switch, it must report lost writes).
 
 mod common;
 
@@ -43,7 +46,7 @@ fn field(line: &str, name: &str) -> u64 {
 fn assert_clean(args: &[&str]) -> String {
     let (ok, line, err) = torture(args);
     assert!(ok, "torture {args:?} found violations:\n{line}\n{err}");
-    for f in ["lost", "doubled", "resurrected", "ttl_resets"] {
+    for f in ["lost", "doubled", "resurrected", "ttl_resets", "torn_txns"] {
         assert_eq!(field(&line, f), 0, "{line}");
     }
     assert!(field(&line, "cycles") >= 10, "too few cycles: {line}");
@@ -51,9 +54,12 @@ fn assert_clean(args: &[&str]) -> String {
     line
 }
 
+/// Exactly once: the writes cut off by a crash are retried with their ids, and some of them
+/// (their first attempt had survived) are answered from the id instead of applied again.
 #[test]
-fn kill9_and_fail_points_lose_nothing() {
-    assert_clean(&["--cycles", "40", "--seconds", "40"]);
+fn kill9_and_fail_points_lose_nothing_and_retries_apply_once() {
+    let line = assert_clean(&["--retries", "--cycles", "40", "--seconds", "40"]);
+    assert!(field(&line, "retried") >= 1, "nothing was retried: {line}");
 }
 
 /// Power losses include torn group commits: holes in the unsynced tail with data after them,
@@ -61,7 +67,14 @@ fn kill9_and_fail_points_lose_nothing() {
 /// server refuses to start and torture reports it as lost data).
 #[test]
 fn simulated_power_loss_loses_nothing() {
-    let line = assert_clean(&["--power-loss", "--cycles", "40", "--seconds", "40"]);
+    let line = assert_clean(&[
+        "--power-loss",
+        "--retries",
+        "--cycles",
+        "40",
+        "--seconds",
+        "40",
+    ]);
     assert!(
         field(&line, "torn_tails") >= 1,
         "no torn tail simulated: {line}"

@@ -1,6 +1,7 @@
 //! `tally bench`: a gRPC load generator (concurrency, key count, duration) that prints ops/s and
-//! latency percentiles; `--raw-fsync DIR` instead measures the disk's append + fdatasync rate,
-//! the ceiling a one-at-a-time durable writer could reach.
+//! latency percentiles, for `Incr` (`--request-ids`: each with a new request id) or for `Txn`s
+//! of `--txn-ops` increments (ops/s then counts increments); `--raw-fsync DIR` instead measures
+//! the disk's append + fdatasync rate, the ceiling a one-at-a-time durable writer could reach.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rand::Rng;
-use tally::grpc::pb::IncrRequest;
 use tally::grpc::pb::counter_service_client::CounterServiceClient;
+use tally::grpc::pb::{IncrRequest, Op, TxnRequest, op};
+use tonic::transport::Channel;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,6 +30,13 @@ pub struct Args {
     /// Seconds to run.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Give every Incr a new request id (exactly-once retries), to measure what they cost.
+    #[arg(long)]
+    request_ids: bool,
+    /// Send Txns of this many Incr ops (random keys) instead of single Incrs; ops/s counts
+    /// increments.
+    #[arg(long, value_name = "N")]
+    txn_ops: Option<usize>,
     /// Measure raw `write` (64 bytes) + `fdatasync` in this directory instead of a server.
     #[arg(long, value_name = "DIR")]
     raw_fsync: Option<PathBuf>,
@@ -55,22 +64,17 @@ async fn load(a: Args, duration: Duration) -> Result<(), Box<dyn std::error::Err
     let mut tasks = Vec::new();
     for i in 0..a.concurrency.max(1) {
         let mut c = clients[i % clients.len()].clone();
-        let keys = a.keys.max(1);
+        let (keys, ids, txn) = (a.keys.max(1), a.request_ids, a.txn_ops);
         tasks.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let mut errors = 0u64;
+            let mut n = 0u64;
             while Instant::now() < deadline {
-                let key = format!("bench:{}", rand::rng().random_range(0..keys));
+                n += 1;
+                let id = ids.then(|| format!("bench-{i}-{n}"));
                 let t = Instant::now();
-                match c
-                    .incr(IncrRequest {
-                        key,
-                        by: Some(1),
-                        ..Default::default()
-                    })
-                    .await
-                {
-                    Ok(_) => h.record(t.elapsed().as_micros().max(1) as u64).unwrap(),
+                match call(&mut c, keys, id, txn).await {
+                    Ok(()) => h.record(t.elapsed().as_micros().max(1) as u64).unwrap(),
                     Err(_) => errors += 1,
                 }
             }
@@ -85,15 +89,55 @@ async fn load(a: Args, duration: Duration) -> Result<(), Box<dyn std::error::Err
         errors += e;
     }
     let secs = start.elapsed().as_secs_f64();
+    let per = a.txn_ops.unwrap_or(1) as u64;
     print_line(
-        "grpc-incr",
-        all.len(),
+        if a.txn_ops.is_some() {
+            "grpc-txn"
+        } else {
+            "grpc-incr"
+        },
+        all.len() * per,
         errors,
         secs,
         &all,
-        &format!("concurrency={} keys={}", a.concurrency, a.keys),
+        &format!(
+            "concurrency={} keys={} request_ids={} incr_per_request={per}",
+            a.concurrency, a.keys, a.request_ids
+        ),
     );
     Ok(())
+}
+
+fn incr(keys: u64, request_id: Option<String>) -> IncrRequest {
+    IncrRequest {
+        key: format!("bench:{}", rand::rng().random_range(0..keys)),
+        by: Some(1),
+        request_id,
+        ..Default::default()
+    }
+}
+
+/// One request: an Incr, or a Txn of `txn` Incrs.
+async fn call(
+    c: &mut CounterServiceClient<Channel>,
+    keys: u64,
+    id: Option<String>,
+    txn: Option<usize>,
+) -> Result<(), tonic::Status> {
+    let Some(n) = txn else {
+        return c.incr(incr(keys, id)).await.map(drop);
+    };
+    let success = (0..n)
+        .map(|_| Op {
+            op: Some(op::Op::Incr(incr(keys, None))),
+        })
+        .collect();
+    let req = TxnRequest {
+        success,
+        request_id: id,
+        ..Default::default()
+    };
+    c.txn(req).await.map(drop)
 }
 
 fn raw_fsync(dir: &std::path::Path, duration: Duration) -> Result<(), Box<dyn std::error::Error>> {

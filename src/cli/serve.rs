@@ -67,6 +67,15 @@ pub struct Args {
     #[arg(long, default_value_t = config::DEFAULT_MAX_GRPC_CONNECTIONS as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_grpc_connections: u32,
+    /// How long (seconds) a gRPC request_id is remembered: a retry with the same id within it
+    /// gets the first call's response and changes nothing, also across crashes and restarts.
+    #[arg(long, default_value_t = config::DEFAULT_DEDUPE_WINDOW.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    dedupe_window_secs: u64,
+    /// Most request ids remembered (they are kept in sled, about 100 bytes plus the response
+    /// each). Past it the oldest are forgotten first, and a retry of one runs again.
+    #[arg(long, default_value_t = config::DEFAULT_DEDUPE_MAX_ENTRIES)]
+    dedupe_max_entries: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -97,6 +106,8 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     config.segment_bytes = a.wal_segment_bytes.max(1024);
     config.checkpoint_bytes = a.checkpoint_bytes;
     config.cache_bytes = a.cache_bytes;
+    config.dedupe_window = std::time::Duration::from_secs(a.dedupe_window_secs);
+    config.dedupe_max_entries = a.dedupe_max_entries;
     config.checkpoint_interval = std::time::Duration::from_secs(a.checkpoint_interval_secs.max(1));
     if matches!(a.fsync, Fsync::Periodic) {
         tracing::warn!(

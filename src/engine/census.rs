@@ -118,13 +118,13 @@ impl Engine {
 
     /// Applies `ops` to the store and returns how the key counts move, leaving out keys the
     /// census has yet to reach. Must run under the WAL lock (inside `Wal::append_with`).
-    pub(super) fn apply_counted(&self, ops: &[Op]) -> Result<Delta> {
+    pub(super) fn apply_counted(&self, lsn: u64, ops: &[Op]) -> Result<Delta> {
         if self.census.done.load(Ordering::Acquire) {
-            return self.store.apply(ops);
+            return self.store.apply(lsn, ops);
         }
         let cursor = self.census.cursor.lock().unwrap_or_else(|p| p.into_inner());
         self.store
-            .apply_counting(ops, |key| cursor.as_deref().is_some_and(|c| key <= c))
+            .apply_counting(lsn, ops, |key| cursor.as_deref().is_some_and(|c| key <= c))
     }
 
     /// True once the census has counted every key (`Stats` key counts are exact).

@@ -23,6 +23,7 @@
 
 mod census;
 mod checkpoint;
+mod dedupe;
 mod expire;
 mod increx;
 mod replay;
@@ -33,6 +34,7 @@ mod txn;
 use census::Census;
 pub use census::{CENSUS_WAIT, CensusWaiter};
 pub use checkpoint::copy_tree;
+pub use dedupe::{DedupeStats, Once, RequestId};
 pub use expire::{Condition, Expiry, Ttl};
 pub use increx::{IncrEx, IncrExOutcome, TtlChange};
 use replay::Replay;
@@ -123,6 +125,8 @@ pub struct Stats {
     pub wal_fsyncs: u64,
     /// Checkpoints taken since open.
     pub checkpoints: u64,
+    /// Request ids remembered, and what became of them (see `dedupe`).
+    pub requests: DedupeStats,
     /// False while the startup census is still counting: `keys` and `keys_with_ttl` are then
     /// partial.
     pub keys_exact: bool,
@@ -140,6 +144,8 @@ pub struct Engine {
     /// The startup census: `keys`/`ttl_keys` are exact once it is done.
     census: Census,
     expired: AtomicU64,
+    /// Request-id counters.
+    dedupe: dedupe::Dedupe,
     /// Checkpoints taken since open.
     checkpoints: AtomicU64,
     /// Serializes checkpoints; holds the last checkpoint LSN.
@@ -169,7 +175,8 @@ impl Engine {
             faults: config.faults.clone(),
         };
         let mut replay = Replay::default();
-        let (wal, replayed) = Wal::open(wal_config, ckpt, &mut |r| replay.push(&store, r.ops))?;
+        let (wal, replayed) =
+            Wal::open(wal_config, ckpt, &mut |r| replay.push(&store, r.lsn, r.ops))?;
         replay.finish(&store)?;
         info!(
             data_dir = %dir.display(),
@@ -189,6 +196,7 @@ impl Engine {
             ttl_keys: AtomicI64::new(0),
             census: Census::default(),
             expired: AtomicU64::new(0),
+            dedupe: Default::default(),
             checkpoints: AtomicU64::new(0),
             checkpoint_lsn: Mutex::new(ckpt),
             closed: AtomicBool::new(false),
@@ -196,7 +204,9 @@ impl Engine {
             config,
             _lock: lock,
         });
+        engine.repair_requests()?;
         engine.spawn_census();
+        engine.spawn_dedupe();
         let mut last_run = Instant::now();
         engine.spawn_background("tally-checkpoint", move |e| {
             if e.checkpoint_due(last_run) {
@@ -234,10 +244,13 @@ impl Engine {
     /// Applies and logs `ops` as one record.
     fn write(&self, ops: &[Op]) -> Result<u64> {
         let mut delta = Delta::default();
-        let lsn = self.wal.append_with(ops, || {
-            delta = self.apply_counted(ops)?;
+        let lsn = self.wal.append_with(ops, |lsn| {
+            delta = self.apply_counted(lsn, ops)?;
             Ok(())
         })?;
+        self.dedupe
+            .entries
+            .fetch_add(delta.requests, Ordering::Relaxed);
         self.keys.fetch_add(delta.keys, Ordering::Relaxed);
         self.ttl_keys.fetch_add(delta.ttl_keys, Ordering::Relaxed);
         Ok(lsn)
@@ -259,10 +272,20 @@ impl Engine {
         keys: &[&[u8]],
         f: impl FnOnce(&mut Tx<'_>) -> Result<R>,
     ) -> Result<Ack<R>> {
+        self.run_with(keys, None, f)
+    }
+
+    /// [`Engine::run`], holding also the stripe of request id `id` (see `dedupe`).
+    fn run_with<R>(
+        &self,
+        keys: &[&[u8]],
+        id: Option<&[u8]>,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R>,
+    ) -> Result<Ack<R>> {
         for k in keys {
             config::check_key(k)?;
         }
-        let _g = self.lock_keys(keys.iter().copied());
+        let _g = self.lock_keys(keys.iter().copied().chain(id));
         let mut tx = Tx::new(self, self.clock.now_ms());
         let value = f(&mut tx)?;
         if let Some(n) = tx.too_large {
@@ -320,6 +343,7 @@ impl Engine {
         Stats {
             keys_exact: self.census_done(),
             checkpoints: self.checkpoints.load(Ordering::Relaxed),
+            requests: self.dedupe_stats(),
             keys: self.keys.load(Ordering::Relaxed).max(0) as u64,
             keys_with_ttl: self.ttl_keys.load(Ordering::Relaxed).max(0) as u64,
             expired: self.expired.load(Ordering::Relaxed),

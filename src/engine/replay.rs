@@ -16,15 +16,24 @@ const REPLAY_BATCH: usize = 1 << 20;
 /// order. That touches each sled leaf once per batch instead of once per record, which keeps
 /// replay fast even when the tree does not fit sled's cache. Nothing is served until replay
 /// ends, so the batch never needs to be atomic; a crash during replay replays again.
+/// Request ids (which change no key) are kept apart, with their records' LSNs, and stored in
+/// log order.
 #[derive(Default)]
 pub(super) struct Replay {
     ops: Vec<Op>,
+    requests: Vec<(u64, Op)>,
 }
 
 impl Replay {
-    pub(super) fn push(&mut self, store: &Store, ops: Vec<Op>) -> Result<()> {
-        self.ops.extend(ops);
-        if self.ops.len() >= REPLAY_BATCH {
+    pub(super) fn push(&mut self, store: &Store, lsn: u64, ops: Vec<Op>) -> Result<()> {
+        for op in ops {
+            if op.is_request() {
+                self.requests.push((lsn, op));
+            } else {
+                self.ops.push(op);
+            }
+        }
+        if self.ops.len() + self.requests.len() >= REPLAY_BATCH {
             self.flush(store)?;
         }
         Ok(())
@@ -41,7 +50,7 @@ impl Replay {
         let (a, b) = self.ops.split_at(self.ops.len() / 2);
         let apply_all = |ops: &[Op]| {
             ops.iter()
-                .try_for_each(|op| store.apply(std::slice::from_ref(op)).map(|_| ()))
+                .try_for_each(|op| store.apply(0, std::slice::from_ref(op)).map(|_| ()))
         };
         std::thread::scope(|s| {
             let other = s.spawn(|| apply_all(b));
@@ -49,6 +58,9 @@ impl Replay {
             other.join().expect("replay thread panicked").and(mine)
         })?;
         self.ops.clear();
+        for (lsn, op) in self.requests.drain(..) {
+            store.replay_request(lsn, &op)?;
+        }
         Ok(())
     }
 

@@ -85,7 +85,11 @@ impl<'e> Tx<'e> {
     fn physical(&self, key: &[u8]) -> Result<Option<Entry>> {
         let last = match &self.last_op {
             Some(index) => index.get(key).map(|&i| &self.ops[i]),
-            None => self.ops.iter().rev().find(|op| op.key() == key),
+            None => self
+                .ops
+                .iter()
+                .rev()
+                .find(|op| !op.is_request() && op.key() == key),
         };
         match last {
             Some(Op::Put {
@@ -95,7 +99,7 @@ impl<'e> Tx<'e> {
                 deadline_ms: *deadline_ms,
             })),
             Some(Op::Delete { .. }) => Ok(None),
-            None => self.store.get(key),
+            Some(Op::Request { .. }) | None => self.store.get(key),
         }
     }
 
@@ -125,6 +129,24 @@ impl<'e> Tx<'e> {
                 .collect();
             self.last_op = Some(index);
         }
+        Ok(())
+    }
+
+    /// The ops produced so far (`dedupe` keeps a copy with a request id).
+    pub(super) fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// Adds a request-id op (last, after the command's own ops), counted against the record
+    /// size like any op.
+    pub(super) fn remember(&mut self, op: Op) -> Result<()> {
+        self.ops_bytes += op.encoded_len();
+        let body = record::body_len(&[]) + self.ops_bytes;
+        if body > record::MAX_BODY {
+            self.too_large = Some(body);
+            return Err(record::too_large(body));
+        }
+        self.ops.push(op);
         Ok(())
     }
 

@@ -163,34 +163,45 @@ fn holds(tx: &Tx<'_>, c: &Compare) -> Result<bool> {
     })
 }
 
+impl Txn {
+    /// Every key the Txn names (its stripe locks).
+    pub fn keys(&self) -> Vec<&[u8]> {
+        let mut keys: Vec<&[u8]> = self.compare.iter().map(|c| c.key.as_slice()).collect();
+        for op in self.success.iter().chain(&self.failure) {
+            keys.extend(op.keys());
+        }
+        keys
+    }
+
+    /// Runs the Txn (checked with [`Txn::validate`]) in `tx`, which must hold the stripes of
+    /// [`Txn::keys`]: every compare, then the branch they choose.
+    pub fn run(&self, tx: &mut Tx<'_>) -> Result<TxnOutcome> {
+        // Every compare is evaluated (not just up to the first false one), so a compare on a
+        // non-integer value fails the Txn whatever the order.
+        let mut succeeded = true;
+        for (i, c) in self.compare.iter().enumerate() {
+            succeeded &= holds(tx, c).map_err(Error::at(format!("compare[{i}]")))?;
+        }
+        let (branch, name) = if succeeded {
+            (&self.success, "success")
+        } else {
+            (&self.failure, "failure")
+        };
+        let mut results = Vec::with_capacity(branch.len());
+        for (i, op) in branch.iter().enumerate() {
+            let r = op
+                .run(tx)
+                .map_err(Error::at(format!("{name}[{i}] ({})", op.name())))?;
+            results.push(r);
+        }
+        Ok(TxnOutcome { succeeded, results })
+    }
+}
+
 impl Engine {
     /// Runs `txn` atomically; see the module doc.
     pub fn txn(&self, txn: &Txn) -> Result<Ack<TxnOutcome>> {
         txn.validate()?;
-        let mut keys: Vec<&[u8]> = txn.compare.iter().map(|c| c.key.as_slice()).collect();
-        for op in txn.success.iter().chain(&txn.failure) {
-            keys.extend(op.keys());
-        }
-        self.run(&keys, |tx| {
-            // Every compare is evaluated (not just up to the first false one), so a compare
-            // on a non-integer value fails the Txn whatever the order.
-            let mut succeeded = true;
-            for (i, c) in txn.compare.iter().enumerate() {
-                succeeded &= holds(tx, c).map_err(Error::at(format!("compare[{i}]")))?;
-            }
-            let (branch, name) = if succeeded {
-                (&txn.success, "success")
-            } else {
-                (&txn.failure, "failure")
-            };
-            let mut results = Vec::with_capacity(branch.len());
-            for (i, op) in branch.iter().enumerate() {
-                let r = op
-                    .run(tx)
-                    .map_err(Error::at(format!("{name}[{i}] ({})", op.name())))?;
-                results.push(r);
-            }
-            Ok(TxnOutcome { succeeded, results })
-        })
+        self.run(&txn.keys(), |tx| txn.run(tx))
     }
 }

@@ -4,7 +4,8 @@
 
 use super::{pb, validate};
 use crate::engine::{
-    Compare, CompareOp, IncrExOutcome, SetOutcome, Target, Txn, TxnOp, TxnOutcome, TxnResult,
+    Compare, CompareOp, IncrExOutcome, SetOutcome, Target, ThrottleOutcome, Txn, TxnOp, TxnOutcome,
+    TxnResult,
 };
 use crate::error::{Error, Result};
 
@@ -25,6 +26,22 @@ pub fn incr_response(out: IncrExOutcome) -> pb::IncrResponse {
         value: out.value,
         applied: out.applied,
         ttl_ms: out.ttl_ms,
+    }
+}
+
+pub fn incr_by_float_response(v: Vec<u8>) -> pb::IncrByFloatResponse {
+    pb::IncrByFloatResponse {
+        value: String::from_utf8_lossy(&v).into_owned(),
+    }
+}
+
+pub fn throttle_response(o: ThrottleOutcome) -> pb::ThrottleResponse {
+    pb::ThrottleResponse {
+        limited: o.limited,
+        limit: o.limit,
+        remaining: o.remaining,
+        retry_after_ms: o.retry_after_ms,
+        reset_after_ms: o.reset_after_ms,
     }
 }
 
@@ -83,6 +100,19 @@ fn compare(c: &pb::Compare) -> Result<Compare> {
 
 fn op(o: &pb::Op) -> Result<TxnOp> {
     use pb::op::Op as P;
+    let id = match &o.op {
+        Some(P::Incr(r)) => &r.request_id,
+        Some(P::IncrByFloat(r)) => &r.request_id,
+        Some(P::Set(r)) => &r.request_id,
+        Some(P::Delete(r)) => &r.request_id,
+        Some(P::Expire(r)) => &r.request_id,
+        Some(P::Get(_)) | None => &None,
+    };
+    if id.is_some() {
+        return Err(Error::InvalidArgument(
+            "request_id is not allowed on an op inside a Txn; give it on the TxnRequest".into(),
+        ));
+    }
     Ok(match &o.op {
         Some(P::Incr(r)) => {
             let (k, req) = validate::incr(r)?;
@@ -134,9 +164,7 @@ pub fn txn_response(out: TxnOutcome) -> pb::TxnResponse {
         .map(|r| pb::OpResult {
             result: Some(match r {
                 TxnResult::Incr(o) => R::Incr(incr_response(o)),
-                TxnResult::IncrByFloat(v) => R::IncrByFloat(pb::IncrByFloatResponse {
-                    value: String::from_utf8_lossy(&v).into_owned(),
-                }),
+                TxnResult::IncrByFloat(v) => R::IncrByFloat(incr_by_float_response(v)),
                 TxnResult::Set(o) => R::Set(set_response(o)),
                 TxnResult::Delete(n) => R::Delete(pb::DeleteResponse { deleted: n }),
                 TxnResult::Expire(applied) => R::Expire(pb::ExpireResponse { applied }),

@@ -4,6 +4,7 @@
 
 mod convert;
 mod incoming;
+mod once;
 pub mod pb;
 mod service;
 mod status;

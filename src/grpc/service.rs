@@ -2,15 +2,17 @@
 //!
 //! The engine's step (stripe lock, sled read and apply, WAL buffer append) takes microseconds and
 //! never waits on the disk, so it runs inline on the tokio worker. The wait for the group-commit
-//! fsync is asynchronous (`durable::acked`).
+//! fsync is asynchronous (`durable::acked`). Writes that take a `request_id` go through
+//! [`Service::write`], which makes a retry exactly-once (module `once`, `engine::dedupe`).
 
 use std::sync::Arc;
 
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::pb::{self, counter_service_server::CounterService};
-use super::{convert, validate};
-use crate::engine::{Ack, Engine, Ttl};
+use super::{convert, once, validate};
+use crate::engine::{Ack, Engine, Once, RequestId, Ttl, Tx};
 
 /// The gRPC service.
 #[derive(Clone)]
@@ -39,6 +41,28 @@ impl Service {
             }
         }
     }
+
+    /// Runs `f` over `keys` as one write and replies with `to_pb` of its result, once durable.
+    /// With a request id, a repeat gets the first call's response, stored encoded.
+    async fn write<R: Clone, P: Message + Default>(
+        &self,
+        keys: &[&[u8]],
+        rid: Option<&RequestId>,
+        f: impl FnOnce(&mut Tx<'_>) -> crate::Result<R>,
+        to_pb: impl Fn(R) -> P,
+    ) -> Result<Response<P>, Status> {
+        let r = self
+            .engine
+            .run_once(keys, rid, f, |r| to_pb(r.clone()).encode_to_vec());
+        Ok(Response::new(match self.settle(r).await? {
+            Once::Fresh(r) => to_pb(r),
+            Once::Repeat(b) => P::decode(b.as_slice()).map_err(|e| {
+                Status::internal(format!(
+                    "the response stored for this request_id does not decode: {e}"
+                ))
+            })?,
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -47,22 +71,26 @@ impl CounterService for Service {
         &self,
         req: Request<pb::IncrRequest>,
     ) -> Result<Response<pb::IncrResponse>, Status> {
-        let r = req.into_inner();
-        let (key, req) = validate::incr(&r)?;
-        let out = self.settle(self.engine.increx(key, &req)).await?;
-        Ok(Response::new(convert::incr_response(out)))
+        let (r, rid) = once::take("Incr", req.into_inner())?;
+        let (key, ex) = validate::incr(&r)?;
+        self.write(
+            &[key],
+            rid.as_ref(),
+            |tx| tx.increx(key, &ex),
+            convert::incr_response,
+        )
+        .await
     }
 
     async fn incr_by_float(
         &self,
         req: Request<pb::IncrByFloatRequest>,
     ) -> Result<Response<pb::IncrByFloatResponse>, Status> {
-        let r = req.into_inner();
+        let (r, rid) = once::take("IncrByFloat", req.into_inner())?;
         let (key, by) = validate::incr_by_float(&r)?;
-        let v = self.settle(self.engine.incr_by_float(key, by)).await?;
-        Ok(Response::new(pb::IncrByFloatResponse {
-            value: String::from_utf8_lossy(&v).into_owned(),
-        }))
+        let f = |tx: &mut Tx<'_>| tx.incr_by_float(key, by);
+        self.write(&[key], rid.as_ref(), f, convert::incr_by_float_response)
+            .await
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
@@ -73,20 +101,22 @@ impl CounterService for Service {
     }
 
     async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
-        let r = req.into_inner();
+        let (r, rid) = once::take("Set", req.into_inner())?;
         let (key, value, opts) = validate::set(&r)?;
-        let out = self.settle(self.engine.set(key, value, &opts)).await?;
-        Ok(Response::new(convert::set_response(out)))
+        let f = |tx: &mut Tx<'_>| tx.set(key, value, &opts, "set");
+        self.write(&[key], rid.as_ref(), f, convert::set_response)
+            .await
     }
 
     async fn expire(
         &self,
         req: Request<pb::ExpireRequest>,
     ) -> Result<Response<pb::ExpireResponse>, Status> {
-        let r = req.into_inner();
+        let (r, rid) = once::take("Expire", req.into_inner())?;
         let (key, when, cond) = validate::expire(&r)?;
-        let applied = self.settle(self.engine.expire(key, when, cond)).await?;
-        Ok(Response::new(pb::ExpireResponse { applied }))
+        let f = |tx: &mut Tx<'_>| tx.expire(key, when, cond, "expire");
+        let to_pb = |applied| pb::ExpireResponse { applied };
+        self.write(&[key], rid.as_ref(), f, to_pb).await
     }
 
     async fn ttl(&self, req: Request<pb::TtlRequest>) -> Result<Response<pb::TtlResponse>, Status> {
@@ -110,43 +140,42 @@ impl CounterService for Service {
         &self,
         req: Request<pb::PersistRequest>,
     ) -> Result<Response<pb::PersistResponse>, Status> {
-        let r = req.into_inner();
+        let (r, rid) = once::take("Persist", req.into_inner())?;
         let key = validate::key_only(&r, &r.key)?;
-        let applied = self.settle(self.engine.persist(key)).await?;
-        Ok(Response::new(pb::PersistResponse { applied }))
+        let to_pb = |applied| pb::PersistResponse { applied };
+        self.write(&[key], rid.as_ref(), |tx| tx.persist(key), to_pb)
+            .await
     }
 
     async fn delete(
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let r = req.into_inner();
+        let (r, rid) = once::take("Delete", req.into_inner())?;
         let keys = validate::delete(&r)?;
-        let deleted = self.settle(self.engine.delete(&keys)).await?;
-        Ok(Response::new(pb::DeleteResponse { deleted }))
+        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let to_pb = |deleted| pb::DeleteResponse { deleted };
+        self.write(&keys, rid.as_ref(), |tx| tx.delete(&keys), to_pb)
+            .await
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        let r = req.into_inner();
+        let (r, rid) = once::take("Txn", req.into_inner())?;
         let txn = validate::txn(&r)?;
-        let out = self.settle(self.engine.txn(&txn)).await?;
-        Ok(Response::new(convert::txn_response(out)))
+        let f = |tx: &mut Tx<'_>| txn.run(tx);
+        self.write(&txn.keys(), rid.as_ref(), f, convert::txn_response)
+            .await
     }
 
     async fn throttle(
         &self,
         req: Request<pb::ThrottleRequest>,
     ) -> Result<Response<pb::ThrottleResponse>, Status> {
-        let r = req.into_inner();
+        let (r, rid) = once::take("Throttle", req.into_inner())?;
         let (key, t) = validate::throttle(&r)?;
-        let o = self.settle(self.engine.throttle(key, &t)).await?;
-        Ok(Response::new(pb::ThrottleResponse {
-            limited: o.limited,
-            limit: o.limit,
-            remaining: o.remaining,
-            retry_after_ms: o.retry_after_ms,
-            reset_after_ms: o.reset_after_ms,
-        }))
+        let f = |tx: &mut Tx<'_>| tx.throttle(key, &t);
+        self.write(&[key], rid.as_ref(), f, convert::throttle_response)
+            .await
     }
 
     async fn stats(
@@ -167,6 +196,10 @@ impl CounterService for Service {
             wal_fsyncs: s.wal_fsyncs as i64,
             keys_counting: !s.keys_exact,
             checkpoints: s.checkpoints as i64,
+            request_ids: s.requests.entries as i64,
+            request_id_hits: s.requests.hits as i64,
+            request_id_evictions: s.requests.evictions as i64,
+            request_id_expired: s.requests.expired as i64,
         }))
     }
 }

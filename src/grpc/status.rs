@@ -10,6 +10,7 @@ impl From<Error> for Status {
             Error::NotInteger | Error::NotFloat => Code::FailedPrecondition,
             Error::Overflow | Error::DecrementOverflow | Error::NanOrInfinity => Code::OutOfRange,
             Error::InvalidArgument(_) | Error::InvalidExpireTime(_) => Code::InvalidArgument,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::Unavailable(_) => Code::Unavailable,
             Error::NoSpace => Code::ResourceExhausted,
             Error::Corruption(_) => Code::DataLoss,

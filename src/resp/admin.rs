@@ -262,10 +262,15 @@ fn info(section: Option<&[u8]>, shared: &Shared) -> String {
     if want("stats") {
         out += &format!(
             "# Stats\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\n\
-             expired_keys:{}\r\n\r\n",
+             expired_keys:{}\r\nrequest_ids:{}\r\nrequest_id_hits:{}\r\n\
+             request_id_evictions:{}\r\nrequest_id_expired:{}\r\n\r\n",
             shared.next_id.load(Ordering::Relaxed) - 1,
             shared.rejected.load(Ordering::Relaxed),
-            st.expired
+            st.expired,
+            st.requests.entries,
+            st.requests.hits,
+            st.requests.evictions,
+            st.requests.expired
         );
     }
     if want("keyspace") {

@@ -122,7 +122,8 @@ impl From<Error> for Reply {
             | Error::NotFloat
             | Error::NanOrInfinity
             | Error::InvalidExpireTime(_)
-            | Error::InvalidArgument(_) => Reply::err(e),
+            | Error::InvalidArgument(_)
+            | Error::AlreadyExists(_) => Reply::err(e),
             // Redis's error class for "cannot persist writes".
             Error::Unavailable(m) => Reply::Error(format!("MISCONF {m}")),
             // Redis's words when its AOF write hits ENOSPC.

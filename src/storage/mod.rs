@@ -21,6 +21,7 @@
 //! ```text
 //! 'v' ++ key                           -> deadline_ms: i64 LE (0 = no TTL) ++ value bytes
 //! 't' ++ deadline_ms: u64 BE ++ key    -> ""   (TTL index, ordered by deadline)
+//! 'r', 'o'                             -> request ids (module `requests`)
 //! ```
 
 use std::collections::HashMap;
@@ -29,6 +30,9 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::fault::Faults;
 use crate::wal::Op;
+
+mod requests;
+pub use requests::{Aged, Stored};
 
 /// How long `open` waits for a sled lock left by a store of this process being dropped.
 const OPEN_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -52,6 +56,8 @@ pub struct Delta {
     pub keys: i64,
     /// Keys that gained a TTL minus keys that lost one.
     pub ttl_keys: i64,
+    /// Request ids stored anew (a replaced one does not count).
+    pub requests: i64,
 }
 
 /// What one [`Store::census_step`] saw.
@@ -117,6 +123,7 @@ fn change(was: bool, old: Option<i64>, is: bool, new: Option<i64>) -> Delta {
     Delta {
         keys: i64::from(is) - i64::from(was),
         ttl_keys: i64::from(new.is_some()) - i64::from(old.is_some()),
+        requests: 0,
     }
 }
 
@@ -169,30 +176,53 @@ impl Store {
             .transpose()
     }
 
-    /// Applies `ops`, keeping the TTL index in step, and says how the counts moved.
-    /// Idempotent: it reads the current state itself, so replaying a record already reflected in
-    /// sled changes nothing.
-    pub fn apply(&self, ops: &[Op]) -> Result<Delta> {
-        self.apply_counting(ops, |_| true)
+    /// Applies `ops` (the record `lsn`), keeping the TTL index in step, and says how the counts
+    /// moved. Idempotent: it reads the current state itself, so replaying a record already
+    /// reflected in sled changes nothing.
+    pub fn apply(&self, lsn: u64, ops: &[Op]) -> Result<Delta> {
+        self.apply_counting(lsn, ops, |_| true)
     }
 
     /// As [`Store::apply`], counting in the delta only the ops whose key `counted` accepts (the
     /// startup census counts the others itself).
     ///
-    /// One op is plain inserts, ordered so that a crash or an error part-way leaves at most a
-    /// stale index entry (see the module doc). Several ops (MSET, DEL of many keys, EXEC, an
-    /// expiry batch) are one sled batch: every read and decode that can fail happens first,
+    /// One op (with or without a request id) is plain inserts, ordered so that a crash or an
+    /// error part-way leaves at most a stale index entry, or an id whose op a startup repair
+    /// redoes (see the module doc and `requests`). Several ops (MSET, DEL of many keys, EXEC,
+    /// an expiry batch) are one sled batch: every read and decode that can fail happens first,
     /// then `apply_batch` makes them visible together and sled recovers all or none of them, so
     /// neither an error nor a crash can leave half a record applied.
-    pub fn apply_counting(&self, ops: &[Op], counted: impl Fn(&[u8]) -> bool) -> Result<Delta> {
-        if let [op] = ops {
-            return self.apply_one(op, counted(op.key()));
+    pub fn apply_counting(
+        &self,
+        lsn: u64,
+        ops: &[Op],
+        counted: impl Fn(&[u8]) -> bool,
+    ) -> Result<Delta> {
+        let data = ops.iter().filter(|op| !op.is_request()).count();
+        if data <= 1 {
+            let mut delta = Delta::default();
+            // The ids first: see `requests` for why.
+            for (id, created_ms, entry) in ops.iter().filter_map(Op::as_request) {
+                delta.requests += i64::from(self.put_request(lsn, id, entry, created_ms)?);
+                self.crash_point_after_request();
+            }
+            if let Some(op) = ops.iter().find(|op| !op.is_request()) {
+                let d = self.apply_one(op, counted(op.key()))?;
+                delta.keys = d.keys;
+                delta.ttl_keys = d.ttl_keys;
+            }
+            return Ok(delta);
         }
         let mut batch = sled::Batch::default();
         // Each key's state after the earlier ops of this record: None absent, Some(deadline).
         let mut current: HashMap<&[u8], Option<Option<i64>>> = HashMap::with_capacity(ops.len());
         let mut delta = Delta::default();
         for op in ops {
+            if let Some((id, created_ms, entry)) = op.as_request() {
+                delta.requests +=
+                    i64::from(self.batch_request(&mut batch, lsn, id, entry, created_ms)?);
+                continue;
+            }
             let key = op.key();
             let old = match current.get(key) {
                 Some(state) => *state,
@@ -215,6 +245,7 @@ impl Store {
                     batch.remove(value_key(key));
                     None
                 }
+                Op::Request { .. } => unreachable!("request ops are stored above"),
             };
             if let Some(Some(d)) = old
                 && new.flatten() != Some(d)
@@ -229,7 +260,17 @@ impl Store {
             }
         }
         self.db.apply_batch(batch)?;
+        if ops.iter().any(Op::is_request) {
+            self.crash_point_after_request();
+        }
         Ok(delta)
+    }
+
+    /// The `store-after-request-id` fail point (tests): writes sled's buffers out, then crashes.
+    fn crash_point_after_request(&self) {
+        crate::fault::point_after(crate::fault::Point::StoreAfterRequestId, || {
+            let _ = self.db.flush();
+        });
     }
 
     /// One op as plain inserts (see [`Store::apply_counting`]).
@@ -250,6 +291,7 @@ impl Store {
                 self.db.insert(&vkey, encode_entry(value, *deadline_ms))?
             }
             Op::Delete { .. } => self.db.remove(&vkey)?,
+            Op::Request { .. } => unreachable!("request ops are stored by the caller"),
         };
         let old_deadline = match &old {
             Some(raw) => decode_deadline(raw)?,
@@ -257,7 +299,7 @@ impl Store {
         };
         let new_deadline = match op {
             Op::Put { deadline_ms, .. } => *deadline_ms,
-            Op::Delete { .. } => None,
+            Op::Delete { .. } | Op::Request { .. } => None,
         };
         if let Some(d) = old_deadline
             && Some(d) != new_deadline
@@ -416,7 +458,7 @@ mod tests {
         // A damaged stored value under "b": decoding it (to fix the TTL index) fails.
         s.db.insert(value_key(b"b"), &b"bad"[..]).unwrap();
         let e = s
-            .apply(&[put("a", "1", None), put("b", "2", None)])
+            .apply(1, &[put("a", "1", None), put("b", "2", None)])
             .unwrap_err();
         assert!(e.is_corruption(), "{e}");
         assert_eq!(
@@ -429,7 +471,7 @@ mod tests {
     #[test]
     fn several_ops_on_one_key_in_one_record_leave_the_index_and_counts_right() {
         let (_d, s) = open();
-        s.apply(&[put("k", "0", Some(500))]).unwrap();
+        s.apply(1, &[put("k", "0", Some(500))]).unwrap();
         let ops = [
             put("k", "1", Some(100)),
             put("k", "2", Some(200)),
@@ -438,7 +480,7 @@ mod tests {
             put("y", "4", None),
             Op::Delete { key: "y".into() },
         ];
-        let d = s.apply(&ops).unwrap();
+        let d = s.apply(2, &ops).unwrap();
         assert_eq!((d.keys, d.ttl_keys), (1, 1));
         assert_eq!(s.get(b"k").unwrap().unwrap().deadline_ms, Some(200));
         assert_eq!(s.get(b"y").unwrap(), None);
@@ -446,7 +488,7 @@ mod tests {
         assert_eq!(due, vec![(b"k".to_vec(), 200), (b"x".to_vec(), 300)]);
         // Counting only some keys (the census's cursor) leaves the rest out of the delta.
         let d = s
-            .apply_counting(&[put("k", "5", None), put("z", "6", Some(9))], |k| {
+            .apply_counting(3, &[put("k", "5", None), put("z", "6", Some(9))], |k| {
                 k == b"z"
             })
             .unwrap();

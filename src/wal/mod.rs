@@ -236,16 +236,16 @@ impl Wal {
     /// Appends one record holding `ops` and returns its LSN. Does no I/O: the record becomes
     /// durable when the writer's next batch covers it; wait with [`Wal::wait`] or [`Wal::notify`].
     pub fn append(&self, ops: &[Op]) -> Result<u64> {
-        self.append_with(ops, || Ok(()))
+        self.append_with(ops, |_| Ok(()))
     }
 
-    /// Like [`Wal::append`], but first runs `apply` under the log's lock and appends only if it
-    /// succeeds. The engine applies the record to its state here, so that (1) LSN order is
+    /// Like [`Wal::append`], but first runs `apply` (given the record's LSN) under the log's
+    /// lock and appends only if it succeeds. The engine applies the record to its state here, so that (1) LSN order is
     /// apply order, and (2) every LSN `<= last_lsn()` is already applied, which is what makes a
     /// checkpoint at `last_lsn()` sound. Nothing is applied when the log refuses appends.
     /// A record too large for the reader ([`record::MAX_BODY`]) is refused with
     /// `InvalidArgument` before anything is applied.
-    pub fn append_with(&self, ops: &[Op], apply: impl FnOnce() -> Result<()>) -> Result<u64> {
+    pub fn append_with(&self, ops: &[Op], apply: impl FnOnce(u64) -> Result<()>) -> Result<u64> {
         record::check_size(ops)?;
         let mut st = self.lock();
         if let Some(m) = &st.failed {
@@ -258,8 +258,8 @@ impl Wal {
             return Err(Error::NoSpace);
         }
         fault::point(Point::WalBeforeAppend);
-        apply()?;
         let lsn = st.next_lsn;
+        apply(lsn)?;
         st.next_lsn += 1;
         record::encode(&mut st.buf, lsn, ops);
         Ok(lsn)

@@ -17,6 +17,9 @@
 //! lsn: u64 | op_count: u32 | op*
 //! op = 1:u8 key_len:u32 key value_len:u32 value deadline_ms:i64   (Put; deadline 0 = no TTL)
 //!    | 2:u8 key_len:u32 key                                        (Delete)
+//!    | 3:u8 id_len:u32 id created_ms:i64 entry_len:u32 entry       (Request: a request id,
+//!                                                                   when it was first used,
+//!                                                                   and what it answered)
 //! ```
 
 use crate::error::{Error, Result};
@@ -29,6 +32,7 @@ pub const MAX_BODY: usize = 64 << 20;
 
 const TAG_PUT: u8 = 1;
 const TAG_DELETE: u8 = 2;
+const TAG_REQUEST: u8 = 3;
 
 /// One change to one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,13 +45,40 @@ pub enum Op {
     },
     /// Remove `key`.
     Delete { key: Vec<u8> },
+    /// Remember request id `id` for exactly-once retries: `entry` is what the engine needs to
+    /// answer a retry (its encoding belongs to `engine::dedupe`). Stored apart from the keys,
+    /// so an id never collides with a key.
+    Request {
+        id: Vec<u8>,
+        created_ms: i64,
+        entry: Vec<u8>,
+    },
 }
 
 impl Op {
-    /// The key this op changes.
+    /// The key this op changes; for a `Request`, its id (a namespace of its own: check
+    /// [`Op::is_request`] before comparing it with keys).
     pub fn key(&self) -> &[u8] {
         match self {
             Op::Put { key, .. } | Op::Delete { key } => key,
+            Op::Request { id, .. } => id,
+        }
+    }
+
+    /// True for a request-id op, which changes no key.
+    pub fn is_request(&self) -> bool {
+        matches!(self, Op::Request { .. })
+    }
+
+    /// A request-id op's (id, created_ms, entry).
+    pub fn as_request(&self) -> Option<(&[u8], i64, &[u8])> {
+        match self {
+            Op::Request {
+                id,
+                created_ms,
+                entry,
+            } => Some((id, *created_ms, entry)),
+            _ => None,
         }
     }
 
@@ -56,7 +87,48 @@ impl Op {
         match self {
             Op::Put { key, value, .. } => 1 + 4 + key.len() + 4 + value.len() + 8,
             Op::Delete { key } => 1 + 4 + key.len(),
+            Op::Request { id, entry, .. } => 1 + 4 + id.len() + 8 + 4 + entry.len(),
         }
+    }
+
+    /// Appends this op's encoding (as in a record body) to `buf`.
+    pub fn encode(&self, buf: &mut Vec<u8>) {
+        match self {
+            Op::Put {
+                key,
+                value,
+                deadline_ms,
+            } => {
+                buf.push(TAG_PUT);
+                put_bytes(buf, key);
+                put_bytes(buf, value);
+                buf.extend_from_slice(&deadline_ms.unwrap_or(0).to_le_bytes());
+            }
+            Op::Delete { key } => {
+                buf.push(TAG_DELETE);
+                put_bytes(buf, key);
+            }
+            Op::Request {
+                id,
+                created_ms,
+                entry,
+            } => {
+                buf.push(TAG_REQUEST);
+                put_bytes(buf, id);
+                buf.extend_from_slice(&created_ms.to_le_bytes());
+                put_bytes(buf, entry);
+            }
+        }
+    }
+
+    /// Decodes ops encoded one after another by [`Op::encode`], filling `b` exactly.
+    pub fn decode_all(b: &[u8]) -> Result<Vec<Op>, String> {
+        let mut r = Reader(b);
+        let mut ops = Vec::new();
+        while !r.0.is_empty() {
+            ops.push(r.op()?);
+        }
+        Ok(ops)
     }
 }
 
@@ -109,22 +181,7 @@ pub fn encode(buf: &mut Vec<u8>, lsn: u64, ops: &[Op]) {
     buf.extend_from_slice(&lsn.to_le_bytes());
     buf.extend_from_slice(&(ops.len() as u32).to_le_bytes());
     for op in ops {
-        match op {
-            Op::Put {
-                key,
-                value,
-                deadline_ms,
-            } => {
-                buf.push(TAG_PUT);
-                put_bytes(buf, key);
-                put_bytes(buf, value);
-                buf.extend_from_slice(&deadline_ms.unwrap_or(0).to_le_bytes());
-            }
-            Op::Delete { key } => {
-                buf.push(TAG_DELETE);
-                put_bytes(buf, key);
-            }
-        }
+        op.encode(buf);
     }
     debug_assert_eq!(buf.len() - body_start, body_len);
     let crc = crc32c::crc32c(&buf[body_start..]);
@@ -201,21 +258,7 @@ fn decode_body(body: &[u8]) -> Result<Record, String> {
     let n = r.u32()? as usize;
     let mut ops = Vec::with_capacity(n.min(1024));
     for _ in 0..n {
-        let op = match r.u8()? {
-            TAG_PUT => {
-                let key = r.bytes()?;
-                let value = r.bytes()?;
-                let d = r.u64()? as i64;
-                Op::Put {
-                    key,
-                    value,
-                    deadline_ms: (d != 0).then_some(d),
-                }
-            }
-            TAG_DELETE => Op::Delete { key: r.bytes()? },
-            t => return Err(format!("unknown op tag {t}")),
-        };
-        ops.push(op);
+        ops.push(r.op()?);
     }
     if !r.0.is_empty() {
         return Err("trailing bytes in record".into());
@@ -247,6 +290,27 @@ impl Reader<'_> {
         let n = self.u32()? as usize;
         Ok(self.take(n)?.to_vec())
     }
+    fn op(&mut self) -> Result<Op, String> {
+        Ok(match self.u8()? {
+            TAG_PUT => {
+                let key = self.bytes()?;
+                let value = self.bytes()?;
+                let d = self.u64()? as i64;
+                Op::Put {
+                    key,
+                    value,
+                    deadline_ms: (d != 0).then_some(d),
+                }
+            }
+            TAG_DELETE => Op::Delete { key: self.bytes()? },
+            TAG_REQUEST => Op::Request {
+                id: self.bytes()?,
+                created_ms: self.u64()? as i64,
+                entry: self.bytes()?,
+            },
+            t => return Err(format!("unknown op tag {t}")),
+        })
+    }
 }
 
 /// Turns a body-level failure into the error startup reports.
@@ -274,6 +338,11 @@ mod tests {
                 key: b"c".to_vec(),
                 value: vec![],
                 deadline_ms: None,
+            },
+            Op::Request {
+                id: b"req-1".to_vec(),
+                created_ms: 1_700_000_000_000,
+                entry: b"answer".to_vec(),
             },
         ];
         let mut buf = Vec::new();

@@ -59,6 +59,7 @@ pub async fn expire(
         key: key.into(),
         when: Some(when),
         condition: cond as i32,
+        ..Default::default()
     };
     c.expire(req).await.map(|r| r.into_inner().applied)
 }

@@ -17,6 +17,16 @@ pub mod kv;
 
 pub type Client = CounterServiceClient<Channel>;
 
+/// Asserts `e` has status `code` and a message containing `part`.
+pub fn assert_status(e: &tonic::Status, code: tonic::Code, part: &str) {
+    assert_eq!(e.code(), code, "{e:?}");
+    assert!(
+        e.message().contains(part),
+        "{:?} lacks {part:?}",
+        e.message()
+    );
+}
+
 /// A server running inside the test process.
 pub struct InProc {
     pub addr: String,
@@ -131,7 +141,17 @@ impl Proc {
 
     /// As `start`, with the child's open-file limit (soft and hard) set to `nofile`.
     pub fn start_with_fd_limit(dir: &Path, extra: &[&str], nofile: Option<u64>) -> Proc {
+        Proc::spawn(dir, extra, nofile, &[])
+    }
+
+    /// As `start`, with environment variables (a fail point, say).
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+        Proc::spawn(dir, extra, None, env)
+    }
+
+    fn spawn(dir: &Path, extra: &[&str], nofile: Option<u64>, env: &[(&str, &str)]) -> Proc {
         let mut cmd = Command::new(bin());
+        cmd.envs(env.iter().copied());
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
             let lim = libc::rlimit {

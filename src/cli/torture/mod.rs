@@ -2,12 +2,15 @@
 //! clients, records every acknowledged result, kills the server (SIGKILL at a random moment, or
 //! an armed fail point), optionally simulates a power loss, restarts it and checks the recovered
 //! state against what was acknowledged (see `model`). Ends with
-//! `cycles=N acked=A lost=0 doubled=0 resurrected=0 ttl_resets=0 torn_tails=T`; exits non-zero
-//! on a violation. `torn_tails` counts the simulated power losses (module `power`) that left a
-//! hole in the WAL's unsynced tail with data after it; it is not a violation.
+//! `cycles=N acked=A lost=0 doubled=0 resurrected=0 ttl_resets=0 torn_txns=0 torn_tails=T
+//! retried=R repeats=H`; exits non-zero on a violation. `torn_tails` counts the simulated power
+//! losses (module `power`) that left a hole in the WAL's unsynced tail with data after it; it is
+//! not a violation. `torn_txns` counts pair transactions found half applied; `retried` and
+//! `repeats` are the `--retries` figures (module `retry`).
 
 mod model;
 mod power;
+mod retry;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -57,6 +60,11 @@ pub struct Args {
     /// Share of cycles (0 to 1) whose crash comes from an armed fail point rather than SIGKILL.
     #[arg(long, default_value_t = 0.5)]
     failpoint_rate: f64,
+    /// Exactly-once mode: every counter write carries a request id, and each one whose reply
+    /// never came is sent again with its id after the restart; counters must then be exact
+    /// (no "maybe applied" slack): every increment applied once, none lost, none doubled.
+    #[arg(long)]
+    retries: bool,
     /// Inject faults into the server under test (TALLY_FAULTS). For proving the harness has
     /// teeth: `--inject skip-fsync --power-loss` must report lost writes.
     #[arg(long, hide = true)]
@@ -82,13 +90,17 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let rt = tokio::runtime::Runtime::new()?;
     let (cycles, model, report) = rt.block_on(torture(&a, &dir, seed))?;
     println!(
-        "cycles={cycles} acked={} lost={} doubled={} resurrected={} ttl_resets={} torn_tails={}",
+        "cycles={cycles} acked={} lost={} doubled={} resurrected={} ttl_resets={} torn_txns={} \
+         torn_tails={} retried={} repeats={}",
         model.acked,
         report.lost,
         report.doubled,
         report.resurrected,
         report.ttl_resets,
-        report.torn_tails
+        report.torn_txns,
+        report.torn_tails,
+        report.retried,
+        report.repeats
     );
     if report.violations() > 0 {
         for e in &report.examples {
@@ -234,6 +246,9 @@ async fn torture(
             .insert(format!("cold:{i}"), Counter::default());
     }
     for c in 0..a.clients {
+        for k in retry::pair(c) {
+            model.counters.insert(k, Counter::default());
+        }
         for i in 0..OWNED_PER_CLIENT {
             model.owned.insert(
                 format!("own:{c}:{i}"),
@@ -267,6 +282,7 @@ async fn torture(
             Ok(s) => s,
             Err(e) => return refused(e, cycles, model, report),
         };
+        retry(&server.addr, &model, &mut report).await?;
         verify(&server.addr, &model, cycles, &mut report).await?;
         if failpoint.is_some() {
             server.kill();
@@ -279,9 +295,10 @@ async fn torture(
         let mut tasks = Vec::new();
         for c in 0..a.clients {
             let (addr, model, seed) = (server.addr.clone(), model.clone(), rng.random::<u64>());
-            tasks.push(tokio::spawn(
-                async move { client(c, &addr, model, seed).await },
-            ));
+            let retries = a.retries;
+            tasks.push(tokio::spawn(async move {
+                client(c, &addr, model, seed, retries).await
+            }));
         }
         let started = Instant::now();
         while started.elapsed() < run_for && server.child.try_wait()?.is_none() {
@@ -311,6 +328,7 @@ async fn torture(
         Ok(s) => s,
         Err(e) => return refused(e, cycles, model, report),
     };
+    retry(&server.addr, &model, &mut report).await?;
     verify(&server.addr, &model, cycles + 1, &mut report).await?;
     unsafe_sigterm(&mut server.child);
     let model = Arc::try_unwrap(model)
@@ -346,6 +364,18 @@ fn unsafe_sigterm(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Sends the writes that never got a reply again, with their ids (`--retries`).
+async fn retry(
+    addr: &str,
+    model: &Mutex<Model>,
+    report: &mut Report,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (sent, repeats) = retry::retry_pending(addr, model).await?;
+    report.retried += sent;
+    report.repeats += repeats;
+    Ok(())
+}
+
 /// Reads every key of the model from a freshly recovered server and checks it.
 async fn verify(
     addr: &str,
@@ -361,10 +391,22 @@ async fn verify(
             m.owned.keys().cloned().collect(),
         )
     };
+    let mut values = std::collections::HashMap::new();
     for key in counters {
         let r = c.get(GetRequest { key: key.clone() }).await?.into_inner();
         let v = if r.found { r.value.parse::<i64>()? } else { 0 };
         model.lock().unwrap().check_counter(&key, v, cycle, report);
+        values.insert(key, v);
+    }
+    for id in 0.. {
+        let [a, b] = retry::pair(id);
+        let (Some(va), Some(vb)) = (values.get(&a), values.get(&b)) else {
+            break;
+        };
+        if va != vb {
+            let msg = format!("cycle {cycle}: {a}={va} but {b}={vb}: a Txn half applied");
+            report.note("torn_txns", msg);
+        }
     }
     for key in owned {
         // Get and Ttl are two calls: if the key expires between them they disagree (found, then
@@ -392,7 +434,7 @@ async fn verify(
 /// One client: a random mix of counter increments and operations on its own keys, until the
 /// server stops answering. Every reply updates the model; a missing reply marks the outcome
 /// unknown and ends the client.
-async fn client(id: usize, addr: &str, model: Arc<Mutex<Model>>, seed: u64) {
+async fn client(id: usize, addr: &str, model: Arc<Mutex<Model>>, seed: u64, retries: bool) {
     let mut rng = StdRng::seed_from_u64(seed);
     let Ok(mut c) = connect(addr).await else {
         return;
@@ -401,37 +443,16 @@ async fn client(id: usize, addr: &str, model: Arc<Mutex<Model>>, seed: u64) {
     loop {
         n += 1;
         let roll = rng.random_range(0..100);
-        if roll < 60 {
-            let key = if roll < 30 {
-                format!("hot:{}", rng.random_range(0..HOT))
-            } else {
-                format!("cold:{}", rng.random_range(0..COLD))
+        if roll < 68 {
+            let keys = match roll {
+                0..30 => vec![format!("hot:{}", rng.random_range(0..HOT))],
+                30..60 => vec![format!("cold:{}", rng.random_range(0..COLD))],
+                _ => retry::pair(id).to_vec(),
             };
-            model
-                .lock()
-                .unwrap()
-                .counters
-                .entry(key.clone())
-                .or_default()
-                .unknown += 1;
-            let r = tokio::time::timeout(
-                OP_TIMEOUT,
-                c.incr(IncrRequest {
-                    key: key.clone(),
-                    by: None,
-                    ..Default::default()
-                }),
-            )
-            .await;
-            let mut m = model.lock().unwrap();
-            match r {
-                Ok(Ok(_)) => {
-                    let ctr = m.counters.get_mut(&key).unwrap();
-                    ctr.unknown -= 1;
-                    ctr.acked += 1;
-                    m.acked += 1;
-                }
-                _ => return,
+            // The seed is drawn anew for every client and cycle: ids never repeat.
+            let rid = retries.then(|| format!("{seed:016x}-{n}"));
+            if !retry::count(&mut c, &model, keys, rid).await {
+                return;
             }
             continue;
         }
@@ -440,7 +461,7 @@ async fn client(id: usize, addr: &str, model: Arc<Mutex<Model>>, seed: u64) {
         let now = now_ms();
         let deadline = now + rng.random_range(150..2000);
         let outcome: Option<Option<Expect>> = match roll {
-            60..=79 => {
+            68..=83 => {
                 // Some values span sectors, so that an unsynced batch does too and a simulated
                 // power loss can leave holes in it (see `power`).
                 let pad = if rng.random_bool(0.5) {
@@ -463,16 +484,17 @@ async fn client(id: usize, addr: &str, model: Arc<Mutex<Model>>, seed: u64) {
                     })
                 })
             }
-            80..=89 => op(c.delete(DeleteRequest {
+            84..=91 => op(c.delete(DeleteRequest {
                 keys: vec![key.clone()],
+                ..Default::default()
             }))
             .await
             .map(|_| Some(Expect::Absent)),
-            90..=95 => {
+            92..=96 => {
                 let req = ExpireRequest {
                     key: key.clone(),
                     when: Some(expire_request::When::AtUnixMs(deadline)),
-                    condition: 0,
+                    ..Default::default()
                 };
                 match op(c.expire(req)).await {
                     // Applied: whatever value the key held now has this deadline; not applied: no change.
@@ -484,7 +506,12 @@ async fn client(id: usize, addr: &str, model: Arc<Mutex<Model>>, seed: u64) {
                     None => None,
                 }
             }
-            _ => match op(c.persist(PersistRequest { key: key.clone() })).await {
+            _ => match op(c.persist(PersistRequest {
+                key: key.clone(),
+                ..Default::default()
+            }))
+            .await
+            {
                 Some(r) if r.applied => Some(Some(Expect::Value {
                     value: String::new(),
                     deadline: None,

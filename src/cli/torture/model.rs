@@ -1,7 +1,8 @@
 //! What the clients were told, and the check of a recovered server against it.
 //!
 //! Counters (shared by all clients, only incremented): the recovered value must lie in
-//! [acked, acked + unknown], where unknown counts increments whose reply never came.
+//! [acked, acked + unknown], where unknown counts increments whose reply never came (with
+//! `--retries` none is left unknown by then, so the value must be exact; see `retry`).
 //! Owned keys (each written by one client only, so its acknowledged history is a sequence):
 //! Set (with an absolute deadline or none), Delete, Expire and Persist; after a restart the key
 //! must be exactly as the last acknowledged operation left it, with its deadline unchanged. A
@@ -49,14 +50,20 @@ pub struct Report {
     pub doubled: u64,
     pub resurrected: u64,
     pub ttl_resets: u64,
+    /// Pair transactions found half applied.
+    pub torn_txns: u64,
     pub examples: Vec<String>,
     /// Simulated power losses that left a lost sector before kept data (not a violation).
     pub torn_tails: u64,
+    /// Writes sent again with their request id after a crash (`--retries`).
+    pub retried: u64,
+    /// Of those, the ones the server answered from the id: their first attempt had survived.
+    pub repeats: u64,
 }
 
 impl Report {
     pub fn violations(&self) -> u64 {
-        self.lost + self.doubled + self.resurrected + self.ttl_resets
+        self.lost + self.doubled + self.resurrected + self.ttl_resets + self.torn_txns
     }
 
     pub fn note(&mut self, what: &str, msg: String) {
@@ -64,6 +71,7 @@ impl Report {
             "lost" => self.lost += 1,
             "doubled" => self.doubled += 1,
             "resurrected" => self.resurrected += 1,
+            "torn_txns" => self.torn_txns += 1,
             _ => self.ttl_resets += 1,
         }
         if self.examples.len() < 10 {
@@ -78,9 +86,21 @@ pub struct Model {
     pub owned: BTreeMap<String, Owned>,
     /// Acknowledged operations, in all.
     pub acked: u64,
+    /// Counter writes with a request id whose reply never came (`--retries`).
+    pub pending: Vec<super::retry::Pending>,
 }
 
 impl Model {
+    /// A counter write got its reply: each key's unknown increment is acknowledged.
+    pub fn acknowledge(&mut self, keys: &[String]) {
+        for k in keys {
+            let c = self.counters.entry(k.clone()).or_default();
+            c.unknown -= 1;
+            c.acked += 1;
+        }
+        self.acked += 1;
+    }
+
     /// Checks one counter and re-baselines it on what survived.
     pub fn check_counter(&mut self, key: &str, value: i64, cycle: u64, r: &mut Report) {
         let c = self.counters.entry(key.to_string()).or_default();
