@@ -4,7 +4,7 @@
 
 mod float;
 
-pub use float::{incr_by_float, is_float};
+pub use float::{FloatBounds, FloatStep, incr_by_float, incr_by_float_bounded, is_float};
 
 use crate::error::{Error, Result};
 
