@@ -69,9 +69,7 @@ impl IncrEx {
         if let (Some(l), Some(u)) = (self.lower, self.upper)
             && l > u
         {
-            return Err(Error::InvalidArgument(format!(
-                "lower_bound {l} is greater than upper_bound {u}"
-            )));
+            return Err(value::crossed_bounds(l, u));
         }
         Ok(())
     }

@@ -100,11 +100,10 @@ fn compute(old: Option<&[u8]>, incr: &[u8], bounds: Option<&FloatBounds>) -> Res
     match n {
         -1 | -2 | -5 => Err(Error::NotFloat),
         -3 => Err(Error::NanOrInfinity),
-        -6 => Err(Error::InvalidArgument(format!(
-            "lower_bound {} is greater than upper_bound {}",
+        -6 => Err(super::crossed_bounds(
             String::from_utf8_lossy(b.lower.unwrap_or_default()),
-            String::from_utf8_lossy(b.upper.unwrap_or_default())
-        ))),
+            String::from_utf8_lossy(b.upper.unwrap_or_default()),
+        )),
         n if n < 0 => Err(Error::InvalidArgument(
             "INCRBYFLOAT result does not fit".into(),
         )),

@@ -53,6 +53,13 @@ pub fn incr(old: Option<&[u8]>, by: i64) -> Result<i64> {
     stored_int(old)?.checked_add(by).ok_or(Error::Overflow)
 }
 
+/// INCREX's error for `lower > upper`, for both number types.
+pub fn crossed_bounds(lower: impl std::fmt::Display, upper: impl std::fmt::Display) -> Error {
+    Error::InvalidArgument(format!(
+        "lower_bound {lower} is greater than upper_bound {upper}"
+    ))
+}
+
 /// Formats an integer the way Redis stores it.
 pub fn format_int(v: i64) -> Vec<u8> {
     v.to_string().into_bytes()
