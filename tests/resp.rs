@@ -66,7 +66,7 @@ fn connection_and_server_commands() {
         info.contains("# Keyspace") && !info.contains("# Server"),
         "{info}"
     );
-    assert_eq!(c.cmd(&["COMMAND", "COUNT"]), ":40\r\n");
+    assert_eq!(c.cmd(&["COMMAND", "COUNT"]), ":42\r\n");
     let cmd = c.cmd(&["COMMAND", "INFO", "incr", "nosuch"]);
     assert!(
         cmd.starts_with("*2\r\n*6\r\n$4\r\nincr\r\n:2\r\n") && cmd.ends_with("$-1\r\n"),

@@ -36,7 +36,7 @@ pub use census::{CENSUS_WAIT, CensusWaiter};
 pub use checkpoint::copy_tree;
 pub use dedupe::{DedupeStats, Once, RequestId};
 pub use expire::{Condition, Expiry, Ttl};
-pub use increx::{IncrEx, IncrExOutcome, TtlChange};
+pub use increx::{IncrEx, IncrExFloat, IncrExFloatOutcome, IncrExOutcome, TtlChange};
 use replay::Replay;
 pub use throttle::{Throttle, ThrottleOutcome};
 pub use tx::{GetEx, Tx};

@@ -51,6 +51,8 @@ pub fn incr(r: &pb::IncrRequest) -> Result<(&[u8], IncrEx)> {
         lower: r.lower_bound,
         upper: r.upper_bound,
         saturate: r.saturate,
+        // gRPC's contract: a result past int64 is OUT_OF_RANGE, as INCRBY.
+        refuse_overflow: false,
         ttl,
     };
     req.validate()?;

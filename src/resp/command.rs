@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 
+use super::limits;
 use super::reply::Reply;
 use crate::engine::{Condition, Expiry, GetEx, SetOptions, Ttl, Tx};
 use crate::error::{Error, Result};
@@ -73,6 +74,8 @@ pub const TABLE: &[Spec] = &[
     spec("expiretime", 2, R, ONE),
     spec("pexpiretime", 2, R, ONE),
     spec("persist", 2, &["write", "fast"], ONE),
+    spec("increx", -2, WF, ONE),
+    spec("cl.throttle", -5, WF, ONE),
     spec("ping", -1, C, NONE),
     spec("echo", 2, C, NONE),
     spec("hello", -1, &["noscript", "loading", "stale", "fast"], NONE),
@@ -115,11 +118,11 @@ pub fn arity_error(name: &str) -> Reply {
     Reply::err(format!("wrong number of arguments for '{name}' command"))
 }
 
-fn syntax() -> Reply {
+pub(super) fn syntax() -> Reply {
     Reply::err("syntax error")
 }
 
-fn int_arg(b: &[u8]) -> std::result::Result<i64, Reply> {
+pub(super) fn int_arg(b: &[u8]) -> std::result::Result<i64, Reply> {
     parse_int(b).ok_or_else(|| Reply::from(Error::NotInteger))
 }
 
@@ -181,11 +184,18 @@ pub enum Cmd {
     },
     Ttl(Bytes, TtlKind),
     Persist(Bytes),
+    /// CL.THROTTLE and INCREX (module `limits`).
+    Limits(limits::Cmd),
 }
 
 /// Turns a SET-family expiry argument into an [`Expiry`]: an integer (E_INT), and for the
 /// seconds forms at most `i64::MAX / 1000` (else E_EXP). The engine checks `> 0` and overflow.
-fn expiry_arg(v: &[u8], seconds: bool, absolute: bool, cmd: &'static str) -> Result<Expiry> {
+pub(super) fn expiry_arg(
+    v: &[u8],
+    seconds: bool,
+    absolute: bool,
+    cmd: &'static str,
+) -> Result<Expiry> {
     let n = parse_int(v).ok_or(Error::NotInteger)?;
     let ms = if seconds {
         if n > i64::MAX / 1000 || n <= 0 {
@@ -277,7 +287,7 @@ pub fn prepare(name: &str, args: &[Bytes]) -> std::result::Result<Option<Cmd>, R
         "expiretime" => Cmd::Ttl(key(), TtlKind::ExpireTime),
         "pexpiretime" => Cmd::Ttl(key(), TtlKind::PExpireTime),
         "persist" => Cmd::Persist(key()),
-        _ => return Ok(None),
+        _ => return Ok(limits::prepare(name, args)?.map(Cmd::Limits)),
     };
     Ok(Some(cmd))
 }
@@ -419,6 +429,7 @@ impl Cmd {
             | Cmd::Persist(k) => vec![k],
             Cmd::Del(ks) | Cmd::Exists(ks) | Cmd::MGet(ks) => ks.iter().map(|k| &k[..]).collect(),
             Cmd::MSet(pairs) => pairs.iter().map(|(k, _)| &k[..]).collect(),
+            Cmd::Limits(c) => vec![c.key()],
         }
     }
 
@@ -493,6 +504,7 @@ impl Cmd {
                 (Ttl::Expires { deadline_ms, .. }, TtlKind::PExpireTime) => deadline_ms,
             }),
             Cmd::Persist(k) => Reply::Int(i64::from(tx.persist(k)?)),
+            Cmd::Limits(c) => c.exec(tx)?,
         })
     }
 }

@@ -2,8 +2,9 @@
 //! the same durability as gRPC (a reply leaves only after the fsync that covers it).
 //!
 //! Owns: framing (`parse`), reply encoding and the Error -> Redis error translation (`reply`),
-//! the command table and engine commands (`command`), connection and server commands (`admin`),
-//! and the per-connection loop (`conn`). Speaks only to the engine, never to `grpc`.
+//! the command table and engine commands (`command`), the rate-limiting commands CL.THROTTLE and
+//! INCREX (`limits`), connection and server commands (`admin`), and the per-connection loop
+//! (`conn`). Speaks only to the engine, never to `grpc`.
 //!
 //! Limits: `max_clients` connections (`--max-clients`, default
 //! [`crate::config::DEFAULT_MAX_CLIENTS`]; the next one gets `-ERR max number of clients
@@ -14,6 +15,7 @@
 mod admin;
 mod command;
 mod conn;
+mod limits;
 pub mod parse;
 mod reply;
 

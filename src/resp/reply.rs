@@ -14,6 +14,9 @@ pub enum Reply {
     Int(i64),
     /// A bulk string.
     Bulk(Vec<u8>),
+    /// A number already printed (Redis's `addReplyHumanLongDouble`): `,` in RESP3, a bulk string
+    /// in RESP2.
+    Double(Vec<u8>),
     /// The null reply: `$-1` in RESP2, `_` in RESP3.
     Nil,
     /// An array.
@@ -55,6 +58,8 @@ impl Reply {
             Reply::Status(s) => line(out, b'+', s.as_bytes()),
             Reply::Int(n) => line(out, b':', itoa::Buffer::new().format(*n).as_bytes()),
             Reply::Bulk(b) => bulk(out, b'$', b),
+            Reply::Double(d) if proto >= 3 => line(out, b',', d),
+            Reply::Double(d) => bulk(out, b'$', d),
             Reply::Nil if proto >= 3 => out.extend_from_slice(b"_\r\n"),
             Reply::Nil => out.extend_from_slice(b"$-1\r\n"),
             Reply::Array(items) => {
@@ -154,6 +159,8 @@ mod tests {
         assert_eq!(enc(&m, 2), "*2\r\n$1\r\na\r\n:1\r\n");
         assert_eq!(enc(&m, 3), "%1\r\n$1\r\na\r\n:1\r\n");
         assert_eq!(enc(&Reply::Verbatim(b"x".to_vec()), 3), "=5\r\ntxt:x\r\n");
+        assert_eq!(enc(&Reply::Double(b"1.5".to_vec()), 2), "$3\r\n1.5\r\n");
+        assert_eq!(enc(&Reply::Double(b"1.5".to_vec()), 3), ",1.5\r\n");
         assert_eq!(
             enc(&Reply::from(Error::NotInteger), 2),
             "-ERR value is not an integer or out of range\r\n"

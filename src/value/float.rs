@@ -1,7 +1,8 @@
-//! INCRBYFLOAT, bit-exact with Redis on this platform: the arithmetic is C `long double`
-//! (80-bit extended on x86-64), parsed with Redis's `string2ld` rules and printed as Redis's
-//! `ld2string(LD_STR_HUMAN)` (`%.17Lf`, trailing zeros and `.` stripped, `-0` -> `0`). The C
-//! part is `longdouble.c`; this file is its safe wrapper.
+//! INCRBYFLOAT and INCREX BYFLOAT, bit-exact with Redis on this platform: the arithmetic is C
+//! `long double` (80-bit extended on x86-64), parsed with Redis's `string2ld` rules and printed
+//! as Redis's `ld2string(LD_STR_HUMAN)` (`%.17Lf`, trailing zeros and `.` stripped, `-0` ->
+//! `0`). Both are one C function (`longdouble.c`), INCREX's bounds a mode of it; this file is
+//! its safe wrapper.
 
 use std::os::raw::{c_char, c_int, c_long};
 
@@ -16,8 +17,18 @@ unsafe extern "C" {
         old_len: usize,
         incr: *const c_char,
         incr_len: usize,
+        bounded: c_int,
+        lo: *const c_char,
+        lo_len: usize,
+        hi: *const c_char,
+        hi_len: usize,
+        saturate: c_int,
         out: *mut c_char,
         out_len: usize,
+        applied: *mut c_char,
+        applied_len: usize,
+        applied_n: *mut c_long,
+        refused: *mut c_int,
     ) -> c_long;
     fn tally_is_float(s: *const c_char, len: usize) -> c_int;
 }
@@ -28,37 +39,103 @@ pub fn is_float(s: &[u8]) -> bool {
     unsafe { tally_is_float(s.as_ptr().cast(), s.len()) == 1 }
 }
 
-/// `old + incr` as Redis's INCRBYFLOAT stores and replies it. `old` is `None` for a missing key.
-/// Errors: `NotFloat` for a bad stored value or increment, `NanOrInfinity` for an infinite result.
-pub fn incr_by_float(old: Option<&[u8]>, incr: &[u8]) -> Result<Vec<u8>> {
+/// The bounds of INCREX BYFLOAT, as Redis float strings; `None` is the type's limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FloatBounds<'a> {
+    /// The smallest result allowed.
+    pub lower: Option<&'a [u8]>,
+    /// The largest result allowed.
+    pub upper: Option<&'a [u8]>,
+    /// Clamp a result outside the bounds to the bound instead of refusing it.
+    pub saturate: bool,
+}
+
+/// What INCREX BYFLOAT computed, as Redis prints long doubles (`ld2string(LD_STR_HUMAN)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FloatStep {
+    /// The new value (the current one when refused).
+    pub value: Vec<u8>,
+    /// The increment actually made: the increment, `"0"` when refused, what reached the bound.
+    pub applied: Vec<u8>,
+    /// True if the result was out of bounds and nothing is to be stored.
+    pub refused: bool,
+}
+
+fn ptr_len(s: Option<&[u8]>) -> (*const c_char, usize) {
+    s.map_or((std::ptr::null(), 0), |s| (s.as_ptr().cast(), s.len()))
+}
+
+/// The one call into C: INCRBYFLOAT without `bounds`, INCREX BYFLOAT with them.
+fn compute(old: Option<&[u8]>, incr: &[u8], bounds: Option<&FloatBounds>) -> Result<FloatStep> {
     let mut out = vec![0u8; OUT_CAP];
-    let (old_ptr, old_len) = match old {
-        Some(o) => (o.as_ptr().cast(), o.len()),
-        None => (std::ptr::null(), 0),
-    };
-    // SAFETY: every pointer/length pair describes a live buffer; the C side writes at most
-    // `out.len()` bytes into `out` and reads at most the given lengths.
+    // INCRBYFLOAT has no applied increment to print: no second buffer on its path.
+    let mut applied = vec![0u8; if bounds.is_some() { OUT_CAP } else { 0 }];
+    let (mut applied_n, mut refused): (c_long, c_int) = (0, 0);
+    let (old_ptr, old_len) = ptr_len(old);
+    let b = bounds.copied().unwrap_or_default();
+    let ((lo, lo_len), (hi, hi_len)) = (ptr_len(b.lower), ptr_len(b.upper));
+    // SAFETY: every pointer/length pair describes a live buffer (or is null with length 0); the
+    // C side writes at most `out.len()` bytes into `out` and `applied.len()` into `applied`,
+    // writes `applied` only when bounded, and reads at most the given lengths.
     let n = unsafe {
         tally_incrbyfloat(
             old_ptr,
             old_len,
             incr.as_ptr().cast(),
             incr.len(),
+            c_int::from(bounds.is_some()),
+            lo,
+            lo_len,
+            hi,
+            hi_len,
+            c_int::from(b.saturate),
             out.as_mut_ptr().cast(),
             out.len(),
+            applied.as_mut_ptr().cast(),
+            applied.len(),
+            &mut applied_n,
+            &mut refused,
         )
     };
     match n {
-        -1 | -2 => Err(Error::NotFloat),
+        -1 | -2 | -5 => Err(Error::NotFloat),
         -3 => Err(Error::NanOrInfinity),
+        -6 => Err(super::crossed_bounds(
+            String::from_utf8_lossy(b.lower.unwrap_or_default()),
+            String::from_utf8_lossy(b.upper.unwrap_or_default()),
+        )),
         n if n < 0 => Err(Error::InvalidArgument(
             "INCRBYFLOAT result does not fit".into(),
         )),
         n => {
             out.truncate(n as usize);
-            Ok(out)
+            applied.truncate(applied_n as usize);
+            Ok(FloatStep {
+                value: out,
+                applied,
+                refused: refused != 0,
+            })
         }
     }
+}
+
+/// `old + incr` as Redis's INCRBYFLOAT stores and replies it. `old` is `None` for a missing key.
+/// Errors: `NotFloat` for a bad stored value or increment, `NanOrInfinity` for an infinite result.
+pub fn incr_by_float(old: Option<&[u8]>, incr: &[u8]) -> Result<Vec<u8>> {
+    Ok(compute(old, incr, None)?.value)
+}
+
+/// `old + incr` kept within `bounds`, as INCREX BYFLOAT: the same long-double arithmetic as
+/// [`incr_by_float`], with the type's limits (±`LDBL_MAX`) as the default bounds, so an
+/// infinite result is refused (or clamped) like any other out-of-bounds one; only a NaN result
+/// is `NanOrInfinity`. A bound that is not a float is `NotFloat`; `lower > upper` is
+/// `InvalidArgument`. The arguments are checked before the stored value.
+pub fn incr_by_float_bounded(
+    old: Option<&[u8]>,
+    incr: &[u8],
+    bounds: &FloatBounds,
+) -> Result<FloatStep> {
+    compute(old, incr, Some(bounds))
 }
 
 #[cfg(test)]

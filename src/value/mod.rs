@@ -4,7 +4,7 @@
 
 mod float;
 
-pub use float::{incr_by_float, is_float};
+pub use float::{FloatBounds, FloatStep, incr_by_float, incr_by_float_bounded, is_float};
 
 use crate::error::{Error, Result};
 
@@ -51,6 +51,13 @@ pub fn stored_int(old: Option<&[u8]>) -> Result<i64> {
 /// A missing value counts as 0.
 pub fn incr(old: Option<&[u8]>, by: i64) -> Result<i64> {
     stored_int(old)?.checked_add(by).ok_or(Error::Overflow)
+}
+
+/// INCREX's error for `lower > upper`, for both number types.
+pub fn crossed_bounds(lower: impl std::fmt::Display, upper: impl std::fmt::Display) -> Error {
+    Error::InvalidArgument(format!(
+        "lower_bound {lower} is greater than upper_bound {upper}"
+    ))
 }
 
 /// Formats an integer the way Redis stores it.

@@ -83,6 +83,24 @@ pipe.set(p + "rl2", 0, ex=60, nx=True).incr(p + "rl2")
 assert pipe.execute() == [None, 2]
 assert 55 <= r.ttl(p + "rl2") <= 60
 
+# Rate limiters in one command: redis-cell's CL.THROTTLE and Redis 8.8's INCREX.
+cell = ("CL.THROTTLE", p + "cell", 15, 30, 60)
+assert r.execute_command(*cell) == [0, 16, 15, -1, 2]
+for _ in range(15):
+    assert r.execute_command(*cell)[0] == 0
+limited, limit, remaining, retry, reset = r.execute_command(*cell)
+assert (limited, limit, remaining) == (1, 16, 0) and 1 <= retry <= 2 and 30 <= reset <= 32, retry
+assert [r.increx(p + "rx", ubound=2, ex=60, enx=True) for _ in range(3)] == [[1, 1], [2, 1], [2, 0]]
+assert 55 <= r.ttl(p + "rx") <= 60
+assert r.increx(p + "rx", byint=-5, lbound=0, saturate=True) == [0, -2]
+got = r.increx(p + "rxf", byfloat=0.5, ubound=1)
+assert got == (["0.5", "0.5"] if proto == 2 else [0.5, 0.5]), got
+try:
+    r.execute_command("INCREX", p + "rx", "BOGUS")
+    raise AssertionError("INCREX BOGUS must fail")
+except redis.exceptions.ResponseError as e:
+    assert str(e) == "syntax error", str(e)
+
 # Expiry calls and the other string commands.
 assert r.set(p + "s", "v", ex=100) is True
 assert r.set(p + "s", "w", nx=True) is None
