@@ -90,6 +90,13 @@ fn grpcurl_lists_describes_and_calls_the_service() {
             && th.contains(r#""retryAfterMs": "-1""#),
         "{th}"
     );
+    // The README's exactly-once Incr: the retry answers the same and adds nothing.
+    let once = r#"{"key":"orders","by":1,"request_id":"order-8812"}"#;
+    let first = rpc("Incr", once);
+    assert!(first.contains(r#""value": "1""#), "{first}");
+    assert_eq!(rpc("Incr", once), first);
+    let orders = rpc("Get", r#"{"key":"orders"}"#);
+    assert!(orders.contains(r#""value": "1""#), "{orders}");
     // The README's Txn: sell one while stock lasts.
     rpc("Set", r#"{"key":"stock","value":"1"}"#);
     let txn = r#"{"compare":[{"key":"stock","op":"GREATER","int_value":0}],
