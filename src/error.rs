@@ -60,9 +60,15 @@ impl Error {
     pub fn reveals_state(&self) -> bool {
         match self {
             Error::At { source, .. } => source.reveals_state(),
+            // AlreadyExists reveals that an earlier call used the id: that call must be
+            // durable before another is told so.
             e => matches!(
                 e,
-                Error::NotInteger | Error::Overflow | Error::NotFloat | Error::NanOrInfinity
+                Error::NotInteger
+                    | Error::Overflow
+                    | Error::NotFloat
+                    | Error::NanOrInfinity
+                    | Error::AlreadyExists(_)
             ),
         }
     }

@@ -186,9 +186,9 @@ impl Store {
     /// As [`Store::apply`], counting in the delta only the ops whose key `counted` accepts (the
     /// startup census counts the others itself).
     ///
-    /// One op (with or without a request id) is plain inserts, ordered so that a crash or an
-    /// error part-way leaves at most a stale index entry, or an id whose op a startup repair
-    /// redoes (see the module doc and `requests`). Several ops (MSET, DEL of many keys, EXEC,
+    /// One op (with or without a request id) is plain inserts, ordered so that a crash part-way
+    /// leaves at most a stale index entry, or an id whose op a startup repair redoes (see the
+    /// module doc and `requests`); an error part-way takes the id back out. Several ops (MSET, DEL of many keys, EXEC,
     /// an expiry batch) are one sled batch: every read and decode that can fail happens first,
     /// then `apply_batch` makes them visible together and sled recovers all or none of them, so
     /// neither an error nor a crash can leave half a record applied.
@@ -202,12 +202,24 @@ impl Store {
         if data <= 1 {
             let mut delta = Delta::default();
             // The ids first: see `requests` for why.
-            for (id, created_ms, entry) in ops.iter().filter_map(Op::as_request) {
-                delta.requests += i64::from(self.put_request(lsn, id, entry, created_ms)?);
+            let mut stored = None;
+            if let Some((id, created_ms, entry)) = ops.iter().find_map(Op::as_request) {
+                let old = self.put_request(lsn, id, entry, created_ms)?;
+                delta.requests = i64::from(old.is_none());
+                stored = Some((id, old));
                 self.crash_point_after_request();
             }
             if let Some(op) = ops.iter().find(|op| !op.is_request()) {
-                let d = self.apply_one(op, counted(op.key()))?;
+                let d = match self.apply_one(op, counted(op.key())) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // Nothing is logged: the id must not claim a write that did not happen.
+                        if let Some((id, old)) = stored {
+                            self.unput_request(lsn, id, old)?;
+                        }
+                        return Err(e);
+                    }
+                };
                 delta.keys = d.keys;
                 delta.ttl_keys = d.ttl_keys;
             }

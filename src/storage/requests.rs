@@ -103,30 +103,59 @@ impl Store {
     }
 
     /// Stores `id` as written by record `lsn`, as plain inserts in the order the module doc
-    /// gives. True if the id was new (not a replacement).
+    /// gives. Returns what was stored under the id before (`None`: the id is new), for
+    /// [`Store::unput_request`].
     pub(super) fn put_request(
         &self,
         lsn: u64,
         id: &[u8],
         entry: &[u8],
         created_ms: i64,
-    ) -> Result<bool> {
+    ) -> Result<Option<Stored>> {
         self.db
             .insert(age_key(lsn, id), &created_ms.to_le_bytes()[..])?;
         let old = self.db.insert(id_key(id), stored(lsn, created_ms, entry))?;
-        if let Some(raw) = &old {
-            let old_lsn = lsn_of(raw)?;
-            if old_lsn != lsn {
-                self.db.remove(age_key(old_lsn, id))?;
+        let old = old.map(|raw| decode(&raw)).transpose()?;
+        if let Some(o) = &old
+            && o.lsn != lsn
+        {
+            self.db.remove(age_key(o.lsn, id))?;
+        }
+        Ok(old)
+    }
+
+    /// Undoes [`Store::put_request`] of record `lsn` when the rest of its record could not be
+    /// applied: the record is not logged (its LSN goes to the next write), so the id must not
+    /// claim it.
+    pub(super) fn unput_request(&self, lsn: u64, id: &[u8], old: Option<Stored>) -> Result<()> {
+        // Unless `old` came from record `lsn` itself (a replayed record stored again).
+        let own_index = old.as_ref().is_none_or(|o| o.lsn != lsn);
+        match old {
+            Some(o) => {
+                self.db
+                    .insert(age_key(o.lsn, id), &o.created_ms.to_le_bytes()[..])?;
+                self.db
+                    .insert(id_key(id), stored(o.lsn, o.created_ms, &o.entry))?;
+            }
+            None => {
+                self.db.remove(id_key(id))?;
             }
         }
-        Ok(old.is_none())
+        if own_index {
+            self.db.remove(age_key(lsn, id))?;
+        }
+        Ok(())
     }
 
     /// Stores a request-id op found in the WAL at startup (replay needs no crash ordering:
-    /// nothing is served until it ends, and a crash replays again).
+    /// nothing is served until it ends, and a crash replays again). An id sled holds from a
+    /// newer record is kept: that record (reusing an expired id) may be one the WAL lost, which
+    /// startup repair must still find.
     pub fn replay_request(&self, lsn: u64, op: &Op) -> Result<()> {
         if let Some((id, created_ms, entry)) = op.as_request() {
+            if self.request(id)?.is_some_and(|st| st.lsn > lsn) {
+                return Ok(());
+            }
             self.put_request(lsn, id, entry, created_ms)?;
         }
         Ok(())
@@ -212,5 +241,81 @@ impl Store {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("sled"), 1 << 20).unwrap();
+        (d, s)
+    }
+
+    fn req(entry: &str) -> Op {
+        Op::Request {
+            id: b"id".to_vec(),
+            created_ms: 7,
+            entry: entry.into(),
+        }
+    }
+
+    fn put(key: &str) -> Op {
+        Op::Put {
+            key: key.into(),
+            value: b"1".to_vec(),
+            deadline_ms: None,
+        }
+    }
+
+    /// A write whose op fails after its id was stored is not logged, so its LSN goes to the
+    /// next write: the id must be back as it was, or a retry would be told it applied.
+    #[test]
+    fn an_id_is_taken_back_when_its_write_fails() {
+        let (_d, s) = open();
+        s.apply(3, &[put("a"), req("first")]).unwrap();
+        s.db.insert(super::super::value_key(b"bad"), &b"x"[..])
+            .unwrap();
+        assert!(s.apply(5, &[put("bad"), req("second")]).is_err());
+        let st = s.request(b"id").unwrap().unwrap();
+        assert_eq!((st.lsn, st.entry.as_slice()), (3, &b"first"[..]));
+        let ages: Vec<u64> = s
+            .requests_by_age(0, 10)
+            .unwrap()
+            .iter()
+            .map(|a| a.lsn)
+            .collect();
+        assert_eq!(ages, [3]);
+        // A new id is removed outright. (The failed write did store its value: `apply_one`
+        // inserts before it decodes the old one, so put the damage back.)
+        s.db.insert(super::super::value_key(b"bad"), &b"x"[..])
+            .unwrap();
+        let other = Op::Request {
+            id: b"new".to_vec(),
+            created_ms: 7,
+            entry: b"e".to_vec(),
+        };
+        assert!(s.apply(6, &[put("bad"), other]).is_err());
+        assert_eq!(s.request(b"new").unwrap(), None);
+        assert_eq!(s.count_requests().unwrap(), 1);
+    }
+
+    /// Replaying an older record of an id (used again after its window) must not hide the
+    /// newer record's id that sled kept, which startup repair looks for past the WAL's end.
+    #[test]
+    fn replay_keeps_a_newer_record_of_the_same_id() {
+        let (_d, s) = open();
+        s.apply(200, &[req("newer")]).unwrap();
+        s.replay_request(100, &req("older")).unwrap();
+        assert_eq!(s.request(b"id").unwrap().unwrap().lsn, 200);
+        let after: Vec<u64> = s
+            .requests_after(199)
+            .unwrap()
+            .iter()
+            .map(|a| a.lsn)
+            .collect();
+        assert_eq!(after, [200]);
     }
 }
