@@ -122,6 +122,8 @@ def tally_bench(args, secs):
     out = subprocess.run([TALLY, "bench", *args, "--duration", str(secs)], check=True,
                          capture_output=True, text=True).stdout
     f = dict(re.findall(r"(\w+)=(\S+)", out))
+    if int(f.get("errors", "0")) > 0:
+        sys.exit(f"tally bench {args} got errors: {out}")
     return float(f["ops_per_sec"]), float(f["p99_us"])
 
 

@@ -62,6 +62,9 @@ async fn load(a: Args, duration: Duration) -> Result<(), Box<dyn std::error::Err
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::new();
+    // Request ids must be new in every run: one used in an earlier run (for another random key)
+    // is answered ALREADY_EXISTS, and the run would measure refusals.
+    let run: u64 = rand::rng().random();
     for i in 0..a.concurrency.max(1) {
         let mut c = clients[i % clients.len()].clone();
         let (keys, ids, txn) = (a.keys.max(1), a.request_ids, a.txn_ops);
@@ -71,7 +74,7 @@ async fn load(a: Args, duration: Duration) -> Result<(), Box<dyn std::error::Err
             let mut n = 0u64;
             while Instant::now() < deadline {
                 n += 1;
-                let id = ids.then(|| format!("bench-{i}-{n}"));
+                let id = ids.then(|| format!("bench-{run:016x}-{i}-{n}"));
                 let t = Instant::now();
                 match call(&mut c, keys, id, txn).await {
                     Ok(()) => h.record(t.elapsed().as_micros().max(1) as u64).unwrap(),
