@@ -382,3 +382,27 @@ async fn a_txn_undone_by_replay_is_restored_whole_from_its_id() {
     );
     assert_eq!(stats(&mut c).await.request_id_hits, 1);
 }
+
+/// Calls with one id at the same moment serialize on it: one increments, every other one is
+/// answered with its response.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_calls_with_one_id_apply_once() {
+    let d = tempfile::tempdir().unwrap();
+    let p = Proc::start(d.path(), &[]);
+    let mut c = common::connect(&p.addr).await;
+    let calls: Vec<_> = (0..32)
+        .map(|_| {
+            let mut c = c.clone();
+            tokio::spawn(async move { c.incr(incr("race", 7, "same")).await.unwrap().into_inner() })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in calls {
+        answers.push(t.await.unwrap());
+    }
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    assert_eq!((answers[0].value, answers[0].applied), (7, 7));
+    assert_eq!(get(&mut c, "race").await.as_deref(), Some("7"));
+    let s = stats(&mut c).await;
+    assert_eq!((s.request_ids, s.request_id_hits), (1, 31), "{s:?}");
+}

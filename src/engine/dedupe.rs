@@ -207,8 +207,8 @@ impl Engine {
     }
 
     /// Startup, after replay: logs again, with its ops, every id whose record the WAL did not
-    /// keep (see the
-    /// module doc), waits for that to be durable and checkpoints; then counts the ids.
+    /// keep (see the module doc), waits for that to be durable and checkpoints; then counts
+    /// the ids.
     pub(super) fn repair_requests(&self) -> Result<()> {
         let orphans = self.store.requests_after(self.wal.last_lsn())?;
         let mut last = 0;

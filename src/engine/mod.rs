@@ -248,9 +248,11 @@ impl Engine {
             delta = self.apply_counted(lsn, ops)?;
             Ok(())
         })?;
-        self.dedupe
-            .entries
-            .fetch_add(delta.requests, Ordering::Relaxed);
+        if delta.requests != 0 {
+            self.dedupe
+                .entries
+                .fetch_add(delta.requests, Ordering::Relaxed);
+        }
         self.keys.fetch_add(delta.keys, Ordering::Relaxed);
         self.ttl_keys.fetch_add(delta.ttl_keys, Ordering::Relaxed);
         Ok(lsn)

@@ -108,14 +108,7 @@ impl<'e> Tx<'e> {
     /// their ops, so a small request could otherwise build far more in memory than the WAL
     /// then refuses (`record::check_size`).
     fn record(&mut self, op: Op) -> Result<()> {
-        self.ops_bytes += op.encoded_len();
-        let body = record::body_len(&[]) + self.ops_bytes;
-        if body > record::MAX_BODY {
-            // Remembered, so that the whole command or EXEC fails (see `Engine::run`), not
-            // just the command that crossed the limit.
-            self.too_large = Some(body);
-            return Err(record::too_large(body));
-        }
+        self.count_bytes(&op)?;
         if let Some(index) = &mut self.last_op {
             index.insert(op.key().to_vec(), self.ops.len());
         }
@@ -140,13 +133,21 @@ impl<'e> Tx<'e> {
     /// Adds a request-id op (last, after the command's own ops), counted against the record
     /// size like any op.
     pub(super) fn remember(&mut self, op: Op) -> Result<()> {
+        self.count_bytes(&op)?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    /// Counts `op` against the record limit, refusing it when the ops would no longer fit one
+    /// WAL record. The refusal is remembered, so that the whole command or EXEC fails (see
+    /// `Engine::run`), not just the command that crossed the limit.
+    fn count_bytes(&mut self, op: &Op) -> Result<()> {
         self.ops_bytes += op.encoded_len();
         let body = record::body_len(&[]) + self.ops_bytes;
         if body > record::MAX_BODY {
             self.too_large = Some(body);
             return Err(record::too_large(body));
         }
-        self.ops.push(op);
         Ok(())
     }
 
