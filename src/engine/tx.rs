@@ -82,7 +82,12 @@ impl<'e> Tx<'e> {
     }
 
     /// The entry as stored, expired or not, after this transaction's own ops.
+    /// Once an op has been refused for outgrowing one record the whole transaction fails, so
+    /// every later command fails at once too, without copying values it would never write.
     fn physical(&self, key: &[u8]) -> Result<Option<Entry>> {
+        if let Some(n) = self.too_large {
+            return Err(record::too_large(n));
+        }
         let last = match &self.last_op {
             Some(index) => index.get(key).map(|&i| &self.ops[i]),
             None => self
