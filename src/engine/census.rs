@@ -110,7 +110,12 @@ impl Engine {
             }
             match step.last {
                 Some(k) => *cursor = Some(k),
-                None => self.census.finish(),
+                None => {
+                    // From now on writes go to the write-back table (see `storage`): the
+                    // census, which reads sled, no longer has to see them there.
+                    self.store.enable_table();
+                    self.census.finish()
+                }
             }
             Ok(self.census.done.load(Ordering::Relaxed))
         })

@@ -76,16 +76,22 @@ impl Engine {
             return Ok(l);
         }
         let started = Instant::now();
+        // Every record <= l is in the table or sled; this puts it all in sled.
+        self.write_back()?;
         let synced = if fault::simulate_power_loss() {
             // Keep a copy of sled exactly as synced, taken with appends paused so the files are
             // quiet and consistent: torture's power loss rolls sled back to it.
-            self.wal.with_appends_paused(|| {
-                self.store.sync(&self.config.faults)?;
-                snapshot_dir(
-                    &self.config.data_dir.join("sled"),
-                    &self.config.data_dir.join("sled.synced"),
-                )
-                .map_err(SyncFailure::Retry)
+            // (No write-back may write sled meanwhile either: it takes its lock before
+            // pausing appends, so this takes them in that order too.)
+            self.store.with_write_back_paused(|| {
+                self.wal.with_appends_paused(|| {
+                    self.store.sync(&self.config.faults)?;
+                    snapshot_dir(
+                        &self.config.data_dir.join("sled"),
+                        &self.config.data_dir.join("sled.synced"),
+                    )
+                    .map_err(SyncFailure::Retry)
+                })
             })
         } else {
             self.store.sync(&self.config.faults)
@@ -118,6 +124,13 @@ impl Engine {
             "checkpoint"
         );
         Ok(l)
+    }
+
+    /// Writes the write-back table to sled (see `storage`), sealing it with appends paused.
+    /// Returns the keys written.
+    pub(super) fn write_back(&self) -> Result<usize> {
+        self.store
+            .write_back(|seal| self.wal.with_appends_paused(seal))
     }
 
     pub(super) fn checkpoint_due(&self, last_run: Instant) -> bool {

@@ -68,6 +68,11 @@ const LOCK_RETRY: Duration = Duration::from_millis(500);
 /// disk use overshoots `checkpoint_bytes` by at most this long's worth of writes.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(10);
 
+/// How often the write-back table goes to sled (see `storage`). A key written many times in
+/// between costs sled one write; keys wait at most this long for the sweeper to see a
+/// changed deadline's old index entry go.
+const WRITE_BACK_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Options of [`Engine::set`], as Redis SET's.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SetOptions {
@@ -207,6 +212,13 @@ impl Engine {
         engine.repair_requests()?;
         engine.spawn_census();
         engine.spawn_dedupe();
+        engine.spawn_background("tally-write-back", |e| {
+            if let Err(err) = e.write_back() {
+                // The table keeps the values (and the WAL has them); the next round retries.
+                warn!("write-back to sled failed: {err}");
+            }
+            WRITE_BACK_INTERVAL
+        });
         let mut last_run = Instant::now();
         engine.spawn_background("tally-checkpoint", move |e| {
             if e.checkpoint_due(last_run) {

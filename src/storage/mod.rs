@@ -32,6 +32,7 @@ use crate::fault::Faults;
 use crate::wal::Op;
 
 mod requests;
+mod table;
 pub use requests::{Aged, Stored};
 
 /// How long `open` waits for a sled lock left by a store of this process being dropped.
@@ -77,6 +78,8 @@ pub struct CensusStep {
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    /// Values written since the last write-back (module `table`).
+    table: table::Table,
 }
 
 fn value_key(key: &[u8]) -> Vec<u8> {
@@ -127,6 +130,54 @@ fn change(was: bool, old: Option<i64>, is: bool, new: Option<i64>) -> Delta {
     }
 }
 
+/// A key's state as the counts and the TTL index see it: `None` absent, else its deadline.
+type KeyState = Option<Option<i64>>;
+
+/// Each data op of a record, with its key's state just before it (after the record's earlier
+/// ops on the key). `before` reads a key's state before the record. All the reads, and so all
+/// the errors, happen here, before anything is written.
+fn transitions(
+    ops: &[Op],
+    mut before: impl FnMut(&[u8]) -> Result<KeyState>,
+) -> Result<Vec<(&Op, KeyState)>> {
+    /// Up to this many ops, a key's earlier op is found by scanning (the common one-op case
+    /// allocates no map).
+    const SCAN: usize = 16;
+    let mut out: Vec<(&Op, KeyState)> = Vec::with_capacity(ops.len());
+    let mut index: HashMap<&[u8], KeyState> = HashMap::new();
+    for op in ops.iter().filter(|op| !op.is_request()) {
+        let key = op.key();
+        let earlier = if out.len() <= SCAN {
+            out.iter()
+                .rev()
+                .find(|(o, _)| o.key() == key)
+                .map(|(o, _)| state_after(o))
+        } else {
+            index.get(key).copied()
+        };
+        let old = match earlier {
+            Some(s) => s,
+            None => before(key)?,
+        };
+        if out.len() == SCAN {
+            index.extend(out.iter().map(|(o, _)| (o.key(), state_after(o))));
+        }
+        if out.len() >= SCAN {
+            index.insert(key, state_after(op));
+        }
+        out.push((op, old));
+    }
+    Ok(out)
+}
+
+/// The key's state after `op`.
+fn state_after(op: &Op) -> KeyState {
+    match op {
+        Op::Put { deadline_ms, .. } => Some(*deadline_ms),
+        Op::Delete { .. } | Op::Request { .. } => None,
+    }
+}
+
 fn encode_entry(value: &[u8], deadline_ms: Option<i64>) -> Vec<u8> {
     let mut v = Vec::with_capacity(8 + value.len());
     v.extend_from_slice(&deadline_ms.unwrap_or(0).to_le_bytes());
@@ -155,6 +206,7 @@ impl Store {
                     return Ok(Store {
                         db,
                         path: path.to_path_buf(),
+                        table: Default::default(),
                     });
                 }
                 Err(sled::Error::Io(e))
@@ -168,8 +220,11 @@ impl Store {
         }
     }
 
-    /// The entry under `key`, expired or not.
+    /// The entry under `key`, expired or not: the write-back table's, else sled's.
     pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
+        if let Some(state) = self.table_get(key) {
+            return Ok(state);
+        }
         self.db
             .get(value_key(key))?
             .map(|raw| decode_entry(&raw))
@@ -198,6 +253,10 @@ impl Store {
         ops: &[Op],
         counted: impl Fn(&[u8]) -> bool,
     ) -> Result<Delta> {
+        if self.table.enabled() {
+            // Only once the census is done, so every key counts.
+            return self.apply_to_table(lsn, ops);
+        }
         let data = ops.iter().filter(|op| !op.is_request()).count();
         if data <= 1 {
             let mut delta = Delta::default();
@@ -225,24 +284,18 @@ impl Store {
             }
             return Ok(delta);
         }
+        let staged = transitions(ops, |key| match self.db.get(value_key(key))? {
+            Some(raw) => Ok(Some(decode_deadline(&raw)?)),
+            None => Ok(None),
+        })?;
         let mut batch = sled::Batch::default();
-        // Each key's state after the earlier ops of this record: None absent, Some(deadline).
-        let mut current: HashMap<&[u8], Option<Option<i64>>> = HashMap::with_capacity(ops.len());
         let mut delta = Delta::default();
-        for op in ops {
-            if let Some((id, created_ms, entry)) = op.as_request() {
-                delta.requests +=
-                    i64::from(self.batch_request(&mut batch, lsn, id, entry, created_ms)?);
-                continue;
-            }
+        for (id, created_ms, entry) in ops.iter().filter_map(Op::as_request) {
+            delta.requests +=
+                i64::from(self.batch_request(&mut batch, lsn, id, entry, created_ms)?);
+        }
+        for (op, old) in staged {
             let key = op.key();
-            let old = match current.get(key) {
-                Some(state) => *state,
-                None => match self.db.get(value_key(key))? {
-                    Some(raw) => Some(decode_deadline(&raw)?),
-                    None => None,
-                },
-            };
             let new = match op {
                 Op::Put {
                     value, deadline_ms, ..
@@ -257,14 +310,13 @@ impl Store {
                     batch.remove(value_key(key));
                     None
                 }
-                Op::Request { .. } => unreachable!("request ops are stored above"),
+                Op::Request { .. } => unreachable!("transitions skips request ops"),
             };
             if let Some(Some(d)) = old
                 && new.flatten() != Some(d)
             {
                 batch.remove(ttl_key(d, key));
             }
-            current.insert(key, new);
             if counted(key) {
                 let d = change(old.is_some(), old.flatten(), new.is_some(), new.flatten());
                 delta.keys += d.keys;
@@ -450,7 +502,7 @@ fn sync_tree(dir: &Path, faults: &Faults) -> Result<(), SyncFailure> {
 mod tests {
     use super::*;
 
-    fn put(key: &str, value: &str, deadline_ms: Option<i64>) -> Op {
+    pub(super) fn put(key: &str, value: &str, deadline_ms: Option<i64>) -> Op {
         Op::Put {
             key: key.into(),
             value: value.into(),
@@ -458,7 +510,7 @@ mod tests {
         }
     }
 
-    fn open() -> (tempfile::TempDir, Store) {
+    pub(super) fn open() -> (tempfile::TempDir, Store) {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(&d.path().join("sled"), 1 << 20).unwrap();
         (d, s)

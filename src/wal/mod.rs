@@ -280,9 +280,10 @@ impl Wal {
         self.shared.acked_lsn.load(Ordering::Acquire) >= lsn
     }
 
-    /// Makes `lsn` acknowledged by writing (and fsyncing) the buffer on the calling thread, if
-    /// the log is idle and nobody else waits; `None` if it did not (then use `notify` or
-    /// `wait`). See `writer::commit_inline`.
+    /// Makes `lsn` acknowledged by writing (and, in `Always`, fsyncing) the buffer on the
+    /// calling thread: in `Always` only if the log is idle and nobody else waits, in `Periodic`
+    /// unless an fsync is due. `None` if it did not (then use `notify` or `wait`). See
+    /// `writer::commit_inline`.
     pub fn commit_inline(&self, lsn: u64) -> Option<Result<()>> {
         writer::commit_inline(&self.shared, lsn)
     }

@@ -329,47 +329,66 @@ fn commit(
     })
 }
 
-/// Leads one group commit on the calling thread if the log is idle: `Always` mode, the writer
-/// thread parked, nobody else waiting, and no batch in flight. This is the one-client case:
-/// the record is written and fsync'd with no hand-off to the writer thread and back, which
-/// on this 2-core VM cost two thread wake-ups per request (about 100 µs). Under load someone
-/// is always waiting, so the writer thread keeps group commit off the callers' threads.
+/// Leads one group commit on the calling thread, when that is cheaper than handing the batch
+/// to the writer thread and back (two thread wake-ups, about 100 µs on this 2-core VM).
+///
+/// - `Always`: only if the log is idle (the writer thread parked, nobody else waiting, no batch
+///   in flight): the one-client case, where the record is written and fsync'd with no
+///   hand-off. Under load someone is always waiting, and the writer thread keeps the fsyncs
+///   off the callers' threads.
+/// - `Periodic`: always, unless an fsync is due (`MAX_BATCH` unsynced): a commit is then one
+///   `write`, a few µs, so the caller writes the buffer itself, as Redis writes its AOF from
+///   its event loop, and the writer thread only runs the timed fsync. If another leader is
+///   writing, the caller waits for it (a `write`, or at worst that timed fsync) and then
+///   commits whatever is left.
+///
 /// Returns `None` when it did not lead (the caller then waits as usual).
 pub(super) fn commit_inline(shared: &Shared, lsn: u64) -> Option<Result<()>> {
-    if !shared.writer_parked.load(Ordering::Relaxed) {
+    let mode = shared.config.fsync;
+    if mode == FsyncMode::Always && !shared.writer_parked.load(Ordering::Relaxed) {
         return None; // busy: the writer thread will cover it (checked again under the lock)
     }
     {
         let st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.acked(shared.config.fsync) >= lsn {
+        if st.acked(mode) >= lsn {
             return Some(Ok(()));
         }
         if let Some(m) = &st.failed {
             return Some(Err(Error::Unavailable(m.clone())));
         }
-        if shared.config.fsync != FsyncMode::Always
-            || !st.writer_idle
-            || !st.waiters.is_empty()
-            || st.no_space
-            || st.closed
-        {
+        let idle = st.writer_idle && st.waiters.is_empty();
+        if st.no_space || st.closed || (mode == FsyncMode::Always && !idle) {
             return None;
         }
     }
-    let mut io = shared.io.try_lock().ok()?;
-    let r = commit(shared, &mut io, true, false);
+    let mut io = match mode {
+        FsyncMode::Always => shared.io.try_lock().ok()?,
+        FsyncMode::Periodic(_) => shared.io.lock().unwrap_or_else(|p| p.into_inner()),
+    };
+    if let FsyncMode::Periodic(_) = mode {
+        if shared.acked_lsn.load(Ordering::Acquire) >= lsn {
+            return Some(Ok(())); // the leader we waited for covered it
+        }
+        if io.active.len - io.active.synced_len >= segment::MAX_BATCH as u64 {
+            return None; // an fsync is due: the writer thread's job
+        }
+    }
+    let r = commit(shared, &mut io, mode == FsyncMode::Always, false);
     drop(io);
     if let Err(msg) = r {
         fail(shared, msg.clone());
         shared.work.notify_all();
         return Some(Err(Error::Unavailable(msg)));
     }
-    // Records appended while we held `io` belong to the writer thread now. Checked after
-    // releasing `io`: an appender that found it held has registered a waiter by now, or will
-    // find it free and lead itself.
+    // Records appended while we held `io` belong to the writer thread now (in `Periodic`,
+    // only those somebody registered a waiter for: the others' appenders lead themselves, and
+    // the writer's tick picks up records nobody waits for). Checked after releasing `io`: an
+    // appender that found it held has registered a waiter by now, or will find it free and
+    // lead itself.
     let st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-    let acked = st.acked(shared.config.fsync) >= lsn;
-    if !st.buf.is_empty() && st.writer_idle {
+    let acked = st.acked(mode) >= lsn;
+    let handed_over = mode == FsyncMode::Always || !st.waiters.is_empty();
+    if !st.buf.is_empty() && st.writer_idle && handed_over {
         shared.work.notify_one();
     }
     drop(st);
