@@ -11,6 +11,10 @@ Throughput (the ratio table):
   * runs `redis-benchmark -t incr -r 1000` at 1, 16 and 50 clients against every server, and
     `tally bench` (gRPC Incr, 1000 keys) at 1, 16 and 64 in flight against both Tallys (over
     up to 4 HTTP/2 connections: one connection is one hyper task, i.e. one core);
+  * runs the same loads against `tally ceiling` (the same client, parser and tonic stack
+    answering from memory, no engine, no log): the most any server reaches here;
+  * samples each server's CPU (utime + stime from /proc/PID/stat) across every RESP run and
+    prints it per acknowledged INCR;
   * alternates the servers inside every round (so a slow minute hits all of them) and prints
     the mean of the rounds and the ratios the performance issue asks about.
 
@@ -74,6 +78,12 @@ class Server:
         if grpc_port:
             wait_port(grpc_port, self.proc)
 
+    def cpu_secs(self):
+        """utime + stime of the server process so far (all its threads), in seconds."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_kib(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
@@ -108,14 +118,25 @@ def tally(name, work, fsync, extra=()):
     return Server(name, argv, rport, gport)
 
 
-def redis_benchmark(port, clients, secs):
+def ceiling(name):
+    rport, gport = free_port(), free_port()
+    argv = [TALLY, "ceiling", "--grpc-addr", f"127.0.0.1:{gport}", "--resp-addr",
+            f"127.0.0.1:{rport}"]
+    return Server(name, argv, rport, gport)
+
+
+def redis_benchmark(port, clients, secs, server=None):
+    """(ops/s, p99 us, server CPU us per INCR): the last from the server's utime + stime across
+    the run, divided by the requests (all acknowledged: redis-benchmark counts replies)."""
     # Size the run to about `secs` seconds at the rates seen on a 2-core VM.
     n = int(secs * {1: 5000, 16: 40000}.get(clients, 70000))
+    cpu0 = server.cpu_secs() if server else 0
     out = subprocess.run(["redis-benchmark", "-p", str(port), "-t", "incr", "-r", "1000", "-c",
                           str(clients), "-n", str(n), "--csv"],
                          check=True, capture_output=True, text=True).stdout
+    cpu = (server.cpu_secs() - cpu0) * 1e6 / n if server else 0
     row = list(csv.DictReader(io.StringIO(out)))[0]
-    return float(row["rps"]), float(row["p99_latency_ms"]) * 1000
+    return float(row["rps"]), float(row["p99_latency_ms"]) * 1000, cpu
 
 
 def tally_bench(args, secs):
@@ -133,12 +154,15 @@ def throughput(a, work):
         "tally": tally("tally", work, "always"),
         "redis-everysec": redis("redis-everysec", work, "everysec"),
         "tally-periodic": tally("tally-periodic", work, "periodic"),
+        # The same client against a server that does no work (`tally ceiling`).
+        "ceiling": ceiling("ceiling"),
     }
     res = {}  # (target, load) -> [(ops, p99)]
 
     def add(key, v):
         res.setdefault(key, []).append(v)
-        print(f"  {key[0]:15} {key[1]:12} {v[0]:9.0f} ops/s  p99 {v[1]:7.0f} us", flush=True)
+        cpu = f"  cpu {v[2]:5.1f} us/op" if len(v) > 2 and v[2] else ""
+        print(f"  {key[0]:15} {key[1]:12} {v[0]:9.0f} ops/s  p99 {v[1]:7.0f} us{cpu}", flush=True)
 
     try:
         for r in range(a.rounds):
@@ -146,9 +170,9 @@ def throughput(a, work):
             add(("disk", "raw-fsync"), tally_bench(["--raw-fsync", work], a.secs))
             for c in (1, 16, 50):
                 for name, s in servers.items():
-                    add((name, f"resp c={c}"), redis_benchmark(s.resp_port, c, a.secs))
+                    add((name, f"resp c={c}"), redis_benchmark(s.resp_port, c, a.secs, s))
             for c in (1, 16, 64):
-                for name in ("tally", "tally-periodic"):
+                for name in ("tally", "tally-periodic", "ceiling"):
                     s = servers[name]
                     add((name, f"grpc c={c}"),
                         tally_bench(["--addr", f"http://127.0.0.1:{s.grpc_port}", "--concurrency",
@@ -163,6 +187,9 @@ def throughput(a, work):
 
     def p99(t, load):
         return statistics.mean(v[1] for v in res[(t, load)])
+
+    def cpu(t, load):
+        return statistics.mean(v[2] for v in res[(t, load)])
 
     print(f"\nmean of {a.rounds} round(s), {a.secs:g} s per run; ratios are Tally / reference\n")
     print("| load | Tally always | Redis always | ratio | Tally periodic | Redis everysec | ratio |")
@@ -181,6 +208,33 @@ def throughput(a, work):
               f"**{ops('tally', load) / ops('redis-always', rload):.2f}** | "
               f"{ops('tally-periodic', load):.0f} | {ops('redis-everysec', rload):.0f} | "
               f"{ops('tally-periodic', load) / ops('redis-everysec', rload):.2f} |")
+    print("\nagainst the in-memory ceiling (`tally ceiling`: the same client and stack, no engine, "
+          "no log)\n")
+    print("| load | ceiling ops/s | Tally always / ceiling | Tally periodic / ceiling | "
+          "Redis always / ceiling |")
+    print("|---|---|---|---|---|")
+    for c in (1, 16, 50):
+        load = f"resp c={c}"
+        print(f"| RESP INCR, {c} clients | {ops('ceiling', load):.0f} | "
+              f"{ops('tally', load) / ops('ceiling', load):.2f} | "
+              f"{ops('tally-periodic', load) / ops('ceiling', load):.2f} | "
+              f"{ops('redis-always', load) / ops('ceiling', load):.2f} |")
+    for c in (1, 16, 64):
+        load = f"grpc c={c}"
+        print(f"| gRPC Incr, {c} in flight | {ops('ceiling', load):.0f} | "
+              f"**{ops('tally', load) / ops('ceiling', load):.2f}** | "
+              f"{ops('tally-periodic', load) / ops('ceiling', load):.2f} | |")
+    print("\nserver CPU (utime + stime) per acknowledged INCR, us; goal: Tally periodic <= Redis "
+          "everysec\n")
+    print("| RESP INCR | Tally always | Redis always | Tally periodic | Redis everysec | "
+          "periodic / everysec | ceiling |")
+    print("|---|---|---|---|---|---|---|")
+    for c in (1, 16, 50):
+        load = f"resp c={c}"
+        print(f"| {c} clients | {cpu('tally', load):.1f} | {cpu('redis-always', load):.1f} | "
+              f"{cpu('tally-periodic', load):.1f} | {cpu('redis-everysec', load):.1f} | "
+              f"**{cpu('tally-periodic', load) / cpu('redis-everysec', load):.2f}** | "
+              f"{cpu('ceiling', load):.1f} |")
     raw = ops("disk", "raw-fsync")
     raw99 = p99("disk", "raw-fsync")
     print(f"\nraw write+fdatasync: {raw:.0f}/s, p99 {raw99:.0f} us")

@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch; each subcommand lives in its own file.
 
 mod bench;
+mod ceiling;
 mod serve;
 mod torture;
 
@@ -30,6 +31,9 @@ enum Command {
     /// Crash-consistency harness: run the server, kill it (SIGKILL, fail points, simulated
     /// power loss), restart it, and check that every acknowledged write survived exactly once.
     Torture(torture::Args),
+    /// In-memory ceiling servers for benchmarks: gRPC Incr and RESP INCR answered from a map,
+    /// with no log and no durability (nothing is kept). Not a database.
+    Ceiling(ceiling::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -38,6 +42,7 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Torture(a) => torture::run(a),
+        Command::Ceiling(a) => ceiling::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -126,11 +126,14 @@ impl Engine {
         Ok(l)
     }
 
-    /// Writes the write-back table to sled (see `storage`), sealing it with appends paused.
-    /// Returns the keys written.
+    /// Writes the write-back table to sled (see `storage`), sealing it with appends paused,
+    /// once the WAL has made everything appended before the seal durable. Returns the keys
+    /// written.
     pub(super) fn write_back(&self) -> Result<usize> {
-        self.store
-            .write_back(|seal| self.wal.with_appends_paused(seal))
+        self.store.write_back(
+            |seal| self.wal.with_appends_paused(seal),
+            || self.wal.wait_synced(self.wal.last_lsn()),
+        )
     }
 
     pub(super) fn checkpoint_due(&self, last_run: Instant) -> bool {

@@ -2,6 +2,7 @@
 //! with a pure function, call the engine, wait for the WAL to acknowledge, and translate errors
 //! in one place (`status`).
 
+mod ceiling;
 mod convert;
 mod incoming;
 mod once;
@@ -10,6 +11,7 @@ mod service;
 mod status;
 mod validate;
 
+pub use ceiling::serve_ceiling;
 pub use incoming::{incoming, refuse_over_limit};
 pub use service::Service;
 

@@ -3,8 +3,8 @@
 //!
 //! Owns: framing (`parse`), reply encoding and the Error -> Redis error translation (`reply`),
 //! the command table and engine commands (`command`), the rate-limiting commands CL.THROTTLE and
-//! INCREX (`limits`), connection and server commands (`admin`), and the per-connection loop
-//! (`conn`). Speaks only to the engine, never to `grpc`.
+//! INCREX (`limits`), connection and server commands (`admin`), the per-connection loop
+//! (`conn`), and the in-memory ceiling for benchmarks (`ceiling`). Speaks only to the engine, never to `grpc`.
 //!
 //! Limits: `max_clients` connections (`--max-clients`, default
 //! [`crate::config::DEFAULT_MAX_CLIENTS`]; the next one gets `-ERR max number of clients
@@ -13,6 +13,7 @@
 //! unaffected).
 
 mod admin;
+mod ceiling;
 mod command;
 mod conn;
 mod limits;
@@ -20,6 +21,7 @@ pub mod parse;
 mod reply;
 
 pub use admin::REDIS_VERSION;
+pub use ceiling::serve_ceiling;
 pub use parse::{MAX_ARGS, MAX_BULK, MAX_INLINE, MAX_REQUEST};
 
 use std::sync::Arc;

@@ -32,17 +32,27 @@
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{Delta, Entry, Store, decode_deadline, encode_entry, transitions, ttl_key, value_key};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::wal::Op;
+use tracing::warn;
 
 /// Shards of the table: a key's shard lock is held only for one map operation.
 const SHARDS: usize = 64;
-/// Most clean values cached (see the module doc): about 7 MiB of small counters.
+/// Most clean values cached (see the module doc), by count and by bytes (keys and values plus
+/// [`SLOT_OVERHEAD`] each): 64k small counters take about 7 MiB.
 pub const CLEAN_KEYS: usize = 65_536;
+/// See [`CLEAN_KEYS`].
+pub const CLEAN_BYTES: usize = 32 << 20;
+/// What one cached key costs beyond its bytes (two `Vec`s, the deadline, the map's slot).
+const SLOT_OVERHEAD: usize = 80;
+/// Keys written but not yet written back, past which writes are refused (`Unavailable`). Only
+/// reached when writing back keeps failing: a write-back runs every second, and a second of
+/// writes is far fewer keys.
+pub const MAX_DIRTY_KEYS: usize = 4_000_000;
 
 /// A key's state in the table: `None` is a tombstone (deleted since the last write-back).
 type State = Option<Entry>;
@@ -54,8 +64,11 @@ struct Shard {
     current: Generation,
     /// Sealed, being written to sled.
     sealed: Arc<Generation>,
-    /// Values known to equal sled's (no tombstones), at most `CLEAN_KEYS / SHARDS`.
+    /// Values known to equal sled's (no tombstones), at most `CLEAN_KEYS / SHARDS` keys and
+    /// `CLEAN_BYTES / SHARDS` bytes.
     clean: Generation,
+    /// Bytes of `clean`, as [`CLEAN_BYTES`] counts them.
+    clean_bytes: usize,
 }
 
 /// See the module doc.
@@ -67,6 +80,10 @@ pub(super) struct Table {
     /// Serializes write-backs; true while a sealed generation is still to be written (a
     /// failed write-back leaves it for the next).
     sealed: Mutex<bool>,
+    /// Keys in `current` and `sealed` (a key in both counts twice), against `max_dirty`.
+    dirty: AtomicUsize,
+    /// [`MAX_DIRTY_KEYS`] (smaller in tests).
+    max_dirty: usize,
 }
 
 impl Default for Table {
@@ -76,6 +93,8 @@ impl Default for Table {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             sealed: Mutex::new(false),
+            dirty: AtomicUsize::new(0),
+            max_dirty: MAX_DIRTY_KEYS,
         }
     }
 }
@@ -118,20 +137,59 @@ impl Table {
             let sealed = std::mem::take(&mut s.sealed);
             // Unique: only write-backs clone it, and they are serialized.
             let sealed = Arc::try_unwrap(sealed).unwrap_or_else(|a| (*a).clone());
+            self.dirty.fetch_sub(sealed.len(), Ordering::Relaxed);
+            let s = &mut *s;
             for (key, state) in sealed {
-                match state {
-                    None => {
-                        s.clean.remove(&key);
-                    }
-                    Some(e) => {
-                        if s.clean.len() >= CLEAN_KEYS / SHARDS && !s.clean.contains_key(&key) {
-                            s.clean.clear();
-                        }
-                        s.clean.insert(key, Some(e));
-                    }
+                let cost = |k: &[u8], v: &State| {
+                    k.len() + v.as_ref().map_or(0, |e| e.value.len()) + SLOT_OVERHEAD
+                };
+                if let Some((k, old)) = s.clean.remove_entry(&key) {
+                    s.clean_bytes -= cost(&k, &old);
+                }
+                if state.is_none() {
+                    continue;
+                }
+                let c = cost(&key, &state);
+                if s.clean.len() >= CLEAN_KEYS / SHARDS || s.clean_bytes + c > CLEAN_BYTES / SHARDS
+                {
+                    s.clean.clear();
+                    s.clean_bytes = 0;
+                }
+                if c <= CLEAN_BYTES / SHARDS {
+                    s.clean_bytes += c;
+                    s.clean.insert(key, state);
                 }
             }
         }
+    }
+}
+
+/// Makes `state` what the data op `op` leaves, reusing its value's buffer.
+fn set_state(state: &mut State, op: &Op) {
+    match (op, state.as_mut()) {
+        (
+            Op::Put {
+                value, deadline_ms, ..
+            },
+            Some(e),
+        ) => {
+            e.value.clear();
+            e.value.extend_from_slice(value);
+            e.deadline_ms = *deadline_ms;
+        }
+        (
+            Op::Put {
+                value, deadline_ms, ..
+            },
+            None,
+        ) => {
+            *state = Some(Entry {
+                value: value.clone(),
+                deadline_ms: *deadline_ms,
+            })
+        }
+        (Op::Delete { .. }, _) => *state = None,
+        (Op::Request { .. }, _) => unreachable!("transitions skips request ops"),
     }
 }
 
@@ -151,11 +209,21 @@ impl Store {
         self.table.with(key, Clone::clone)
     }
 
-    /// [`Store::apply`] with the table on: ids into sled first (see `requests`), then the
-    /// changed deadlines' index entries, then the values into the table. Every read and decode
-    /// that can fail happens before the table changes, so an error leaves none of the record
-    /// applied (the id is taken back out; the index is fixed by the census, see the module doc).
+    /// [`Store::apply`] with the table on: ids into sled first (see `requests`), then the new
+    /// deadlines' index entries, then the values into the table, then the old deadlines' index
+    /// entries out. Every read, decode and insert that can fail happens before the table
+    /// changes, so an error leaves none of the record applied (the id is taken back out, an
+    /// index entry added is a stale hint); a failed removal only leaves a stale hint too.
+    /// Refused while the table holds more than [`MAX_DIRTY_KEYS`] keys not yet in sled.
     pub(super) fn apply_to_table(&self, lsn: u64, ops: &[Op]) -> Result<Delta> {
+        let dirty = self.table.dirty.load(Ordering::Relaxed);
+        if dirty >= self.table.max_dirty {
+            return Err(Error::Unavailable(format!(
+                "{dirty} written keys are waiting to be written back to sled (the most is {}): \
+                 writing back is failing, see the log; writes are refused until it succeeds",
+                self.table.max_dirty
+            )));
+        }
         let mut delta = Delta::default();
         let mut stored = Vec::new();
         for (id, created_ms, entry) in ops.iter().filter_map(Op::as_request) {
@@ -168,16 +236,10 @@ impl Store {
         }
         let staged = transitions(ops, |key| self.deadline_of(key)).and_then(|t| {
             for (op, old) in &t {
-                let (old, new) = (old.flatten(), super::state_after(op).flatten());
-                if let Some(d) = new
-                    && old != new
+                if let Some(d) = super::state_after(op).flatten()
+                    && old.flatten() != Some(d)
                 {
                     self.db.insert(ttl_key(d, op.key()), &[][..])?;
-                }
-                if let Some(d) = old
-                    && old != new
-                {
-                    self.db.remove(ttl_key(d, op.key()))?;
                 }
             }
             Ok(t)
@@ -191,31 +253,31 @@ impl Store {
                 return Err(e);
             }
         };
-        for (op, old) in staged {
-            let (key, new) = match op {
-                Op::Put {
-                    key,
-                    value,
-                    deadline_ms,
-                } => (
-                    key,
-                    Some(Entry {
-                        value: value.clone(),
-                        deadline_ms: *deadline_ms,
-                    }),
-                ),
-                Op::Delete { key } => (key, None),
-                Op::Request { .. } => unreachable!("transitions skips request ops"),
-            };
-            let d = super::change(
-                old.is_some(),
-                old.flatten(),
-                new.is_some(),
-                new.as_ref().and_then(|e| e.deadline_ms),
-            );
+        for (op, old) in &staged {
+            let new = super::state_after(op);
+            let d = super::change(old.is_some(), old.flatten(), new.is_some(), new.flatten());
             delta.keys += d.keys;
             delta.ttl_keys += d.ttl_keys;
-            self.table.shard(key).current.insert(key.clone(), new);
+            let mut shard = self.table.shard(op.key());
+            match shard.current.get_mut(op.key()) {
+                // In place: a hot key's write allocates nothing.
+                Some(state) => set_state(state, op),
+                None => {
+                    let mut state = None;
+                    set_state(&mut state, op);
+                    shard.current.insert(op.key().to_vec(), state);
+                    self.table.dirty.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        for (op, old) in staged {
+            if let Some(d) = old.flatten()
+                && super::state_after(op).flatten() != Some(d)
+                && let Err(e) = self.db.remove(ttl_key(d, op.key()))
+            {
+                // Applied already: the entry stays as a stale hint the sweeper drops.
+                warn!("removing a TTL index entry failed ({e}); the sweeper will drop it");
+            }
         }
         Ok(delta)
     }
@@ -241,11 +303,20 @@ impl Store {
 
     /// One write-back (see the module doc): writes a generation left by a failed one, then
     /// seals the table inside `paused` (which must run its argument with appends paused) and
-    /// writes the sealed generation to sled as one batch. Returns the keys written.
-    pub fn write_back(&self, paused: impl FnOnce(&mut dyn FnMut())) -> Result<usize> {
+    /// writes the sealed generation to sled as one batch. Before writing a generation it calls
+    /// `durable`, which must return once every record appended so far is durable in the WAL:
+    /// sled then never holds the effect of a record the log could still lose (of a multi-key
+    /// record, part of it could survive a crash that way: replay of an older record of one of
+    /// its keys would overwrite that key and leave the others). Returns the keys written.
+    pub fn write_back(
+        &self,
+        paused: impl FnOnce(&mut dyn FnMut()),
+        durable: impl Fn() -> Result<()>,
+    ) -> Result<usize> {
         let mut pending = self.table.sealed.lock().unwrap_or_else(|p| p.into_inner());
         let mut written = 0;
         if *pending {
+            durable()?;
             written += self.write_sealed()?;
             *pending = false;
         }
@@ -254,13 +325,16 @@ impl Store {
             for s in self.table.shards.iter() {
                 let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
                 if !s.current.is_empty() {
-                    s.sealed = Arc::new(std::mem::take(&mut s.current));
+                    // Sized as the last one was: the next interval is likely alike.
+                    let next = HashMap::with_capacity(s.current.len());
+                    s.sealed = Arc::new(std::mem::replace(&mut s.current, next));
                     any = true;
                 }
             }
         });
         if any {
             *pending = true;
+            durable()?;
             written += self.write_sealed()?;
             *pending = false;
         }
@@ -277,26 +351,11 @@ impl Store {
             .collect();
         let mut batch = sled::Batch::default();
         let mut n = 0;
+        // No reads: the TTL index is already exact (kept at apply time, see the module doc).
         for (key, state) in sealed.iter().flat_map(|g| g.iter()) {
-            let vkey = value_key(key);
-            let old = match self.db.get(&vkey)? {
-                Some(raw) => decode_deadline(&raw)?,
-                None => None,
-            };
-            let new = state.as_ref().and_then(|e| e.deadline_ms);
             match state {
-                Some(e) => {
-                    if let Some(d) = new {
-                        batch.insert(ttl_key(d, key), &[][..]);
-                    }
-                    batch.insert(vkey, encode_entry(&e.value, new));
-                }
-                None => batch.remove(vkey),
-            }
-            if let Some(d) = old
-                && new != Some(d)
-            {
-                batch.remove(ttl_key(d, key));
+                Some(e) => batch.insert(value_key(key), encode_entry(&e.value, e.deadline_ms)),
+                None => batch.remove(value_key(key)),
             }
             n += 1;
         }
@@ -315,7 +374,7 @@ mod tests {
     use super::*;
 
     fn write_back(s: &Store) -> usize {
-        s.write_back(|f| f()).unwrap()
+        s.write_back(|f| f(), || Ok(())).unwrap()
     }
 
     #[test]
@@ -381,16 +440,52 @@ mod tests {
         let (_d, s) = open();
         s.enable_table();
         s.apply(1, &[put("k", "1", None)]).unwrap();
-        s.write_back(|seal| {
-            seal();
-            // Sealed, not yet written: still readable, and a new write goes to `current`.
-            assert_eq!(s.get(b"k").unwrap().unwrap().value, b"1");
-        })
+        s.write_back(
+            |seal| seal(),
+            || {
+                // Sealed, not yet written: still readable.
+                assert_eq!(s.get(b"k").unwrap().unwrap().value, b"1");
+                Ok(())
+            },
+        )
         .unwrap();
         s.apply(2, &[put("k", "2", None)]).unwrap();
         assert_eq!(s.get(b"k").unwrap().unwrap().value, b"2");
         write_back(&s);
         assert_eq!(s.get(b"k").unwrap().unwrap().value, b"2");
+    }
+
+    #[test]
+    fn writes_are_refused_while_too_many_keys_wait_for_write_back_and_resume_after() {
+        let (_d, mut s) = open();
+        s.table.max_dirty = 3;
+        s.enable_table();
+        for i in 0..3 {
+            s.apply(i, &[put(&format!("k{i}"), "1", None)]).unwrap();
+        }
+        let e = s.apply(4, &[put("k3", "1", None)]).unwrap_err();
+        assert!(e.to_string().contains("waiting to be written back"), "{e}");
+        assert_eq!(s.get(b"k3").unwrap(), None);
+        write_back(&s);
+        s.apply(5, &[put("k3", "1", None)]).unwrap();
+        s.apply(6, &[put("k0", "2", None)]).unwrap();
+        assert_eq!(s.get(b"k0").unwrap().unwrap().value, b"2");
+    }
+
+    #[test]
+    fn the_clean_cache_is_bounded_in_bytes_too() {
+        let (_d, s) = open();
+        s.enable_table();
+        let big = "x".repeat(256 << 10);
+        for i in 0..(2 * CLEAN_BYTES) / big.len() {
+            s.apply(i as u64, &[put(&format!("k{i}"), &big, None)])
+                .unwrap();
+        }
+        write_back(&s);
+        let shards = s.table.shards.iter().map(|s| s.lock().unwrap());
+        let bytes: usize = shards.map(|s| s.clean_bytes).sum();
+        assert!(bytes <= CLEAN_BYTES, "{bytes}");
+        assert_eq!(s.get(b"k7").unwrap().unwrap().value.len(), big.len());
     }
 
     #[test]

@@ -94,6 +94,9 @@ struct Shared {
     /// Mirrors `State::writer_idle`, so that under load (writer busy) a waiter can skip
     /// `commit_inline` without taking the state lock.
     writer_parked: AtomicBool,
+    /// Whoever holds `io` is in an fsync or a segment roll: in `Periodic`, a caller then leaves
+    /// the batch to that writer rather than block on `io` that long.
+    slow_io: AtomicBool,
     /// The active segment: whoever holds this lock is the writer (see `writer::Io`).
     io: Mutex<writer::Io>,
     dir: PathBuf,
@@ -207,6 +210,7 @@ impl Wal {
             acked_lsn: AtomicU64::new(last_lsn),
             fsyncs: AtomicU64::new(0),
             writer_parked: AtomicBool::new(false),
+            slow_io: AtomicBool::new(false),
             io: Mutex::new(writer::Io {
                 active,
                 spare: Vec::with_capacity(1 << 16),
@@ -291,9 +295,19 @@ impl Wal {
     /// Blocks until `lsn` is acknowledged, or fails if the log has failed.
     pub fn wait(&self, lsn: u64) -> Result<()> {
         let mode = self.shared.config.fsync;
+        self.wait_until(lsn, |st| st.acked(mode))
+    }
+
+    /// Blocks until `lsn` is covered by an fsync (in `Periodic` that can take an fsync
+    /// interval), or fails if the log has failed.
+    pub fn wait_synced(&self, lsn: u64) -> Result<()> {
+        self.wait_until(lsn, |st| st.synced)
+    }
+
+    fn wait_until(&self, lsn: u64, reached: impl Fn(&State) -> u64) -> Result<()> {
         let mut st = self.lock();
         loop {
-            if st.acked(mode) >= lsn {
+            if reached(&st) >= lsn {
                 return Ok(());
             }
             if let Some(m) = &st.failed {
