@@ -7,11 +7,15 @@
 //! - Once the startup census is done (see `engine::census`; until then, and during replay,
 //!   writes go to sled as before), [`Store::apply`] puts a record's new values here, and
 //!   [`Store::get`] looks here before sled. A deleted key is kept as a tombstone.
-//! - Every write-back (the engine's `tally-write-back` thread, every `WRITE_BACK_INTERVAL`, and
+//! - Every write-back (the engine's `tally-write-back` thread, every `WRITE_BACK_INTERVAL` or
+//!   sooner once `WRITE_BACK_KEYS` wait, and
 //!   each checkpoint before it syncs sled) *seals* the table, with appends paused, so that the
-//!   sealed generation is the state after one LSN: a consistent cut. It then writes that
-//!   generation to sled as one `apply_batch`, which sled recovers all or none of, so sled never
-//!   holds part of a record. Reads meanwhile see the sealed generation. Its values then join
+//!   sealed generation is the state after one LSN (a cut). It waits until the WAL has made
+//!   every record up to the cut durable, then writes the generation to sled with plain inserts.
+//!   So sled never holds the effect of a record the log could lose; a crash part-way leaves
+//!   sled with some keys of durable records newer than the checkpoint, which replay rewrites
+//!   (so a record is never left half-applied). Reads meanwhile see the sealed generation. Its
+//!   values then join
 //!   a cache of clean values (at most [`CLEAN_KEYS`]; a full shard of it is emptied), so a hot
 //!   key costs sled one write per write-back, not one per request, and no read at all.
 //! - Durability is unchanged: the WAL is the durability point, and replay rebuilds what the
@@ -40,13 +44,16 @@ use crate::error::{Error, Result};
 use crate::wal::Op;
 use tracing::warn;
 
+/// Keys written back per pause of appends (a few hundred µs of sled inserts).
+const WRITE_BACK_CHUNK: usize = 256;
 /// Shards of the table: a key's shard lock is held only for one map operation.
 const SHARDS: usize = 64;
 /// Most clean values cached (see the module doc), by count and by bytes (keys and values plus
-/// [`SLOT_OVERHEAD`] each): 64k small counters take about 7 MiB.
-pub const CLEAN_KEYS: usize = 65_536;
+/// [`SLOT_OVERHEAD`] each): 16k small counters take about 2 MiB. A hot set larger than this is
+/// read from sled, as every key was before the table.
+pub const CLEAN_KEYS: usize = 16_384;
 /// See [`CLEAN_KEYS`].
-pub const CLEAN_BYTES: usize = 32 << 20;
+pub const CLEAN_BYTES: usize = 8 << 20;
 /// What one cached key costs beyond its bytes (two `Vec`s, the deadline, the map's slot).
 const SLOT_OVERHEAD: usize = 80;
 /// Keys written but not yet written back, past which writes are refused (`Unavailable`). Only
@@ -204,6 +211,11 @@ impl Store {
         self.table.len()
     }
 
+    /// Keys written and not yet written back (cheap: one atomic load).
+    pub fn dirty_keys(&self) -> usize {
+        self.table.dirty.load(Ordering::Relaxed)
+    }
+
     /// The key's state in the table, if it holds it: `Some(None)` for a deleted key.
     pub(super) fn table_get(&self, key: &[u8]) -> Option<Option<Entry>> {
         self.table.with(key, Clone::clone)
@@ -303,21 +315,21 @@ impl Store {
 
     /// One write-back (see the module doc): writes a generation left by a failed one, then
     /// seals the table inside `paused` (which must run its argument with appends paused) and
-    /// writes the sealed generation to sled as one batch. Before writing a generation it calls
+    /// writes the sealed generation to sled. Before writing a generation it calls
     /// `durable`, which must return once every record appended so far is durable in the WAL:
     /// sled then never holds the effect of a record the log could still lose (of a multi-key
     /// record, part of it could survive a crash that way: replay of an older record of one of
     /// its keys would overwrite that key and leave the others). Returns the keys written.
     pub fn write_back(
         &self,
-        paused: impl FnOnce(&mut dyn FnMut()),
+        paused: impl Fn(&mut dyn FnMut()),
         durable: impl Fn() -> Result<()>,
     ) -> Result<usize> {
         let mut pending = self.table.sealed.lock().unwrap_or_else(|p| p.into_inner());
         let mut written = 0;
         if *pending {
             durable()?;
-            written += self.write_sealed()?;
+            written += self.write_sealed(&paused)?;
             *pending = false;
         }
         let mut any = false;
@@ -335,33 +347,51 @@ impl Store {
         if any {
             *pending = true;
             durable()?;
-            written += self.write_sealed()?;
+            written += self.write_sealed(&paused)?;
             *pending = false;
         }
         Ok(written)
     }
 
-    /// Writes the sealed generation to sled as one batch, then drops it from the table.
-    fn write_sealed(&self) -> Result<usize> {
+    /// Writes the sealed generation to sled, in key order (each sled leaf once), with plain
+    /// inserts, then drops it from the table. Not one `apply_batch`: a batch of a million keys
+    /// took sled gigabytes and seconds (RSS 2.3 GiB loading a million counters), and it need
+    /// not be atomic, because every record it holds is durable in the WAL by now (`durable` in
+    /// [`Store::write_back`]) and newer than the last checkpoint (which wrote back everything
+    /// before it), so after a crash part-way replay rewrites every key it touched.
+    ///
+    /// The inserts run with appends paused, [`WRITE_BACK_CHUNK`] at a time, so sled is never
+    /// written by two threads at once (as before the table, when every write to sled ran
+    /// under the WAL's lock): with the write-back's inserts running beside the apply path's,
+    /// sled 0.34 hung in its final flush at shutdown in about half the runs of
+    /// `tests/abuse.rs` (1 MiB values).
+    fn write_sealed(&self, paused: &impl Fn(&mut dyn FnMut())) -> Result<usize> {
         let sealed: Vec<Arc<Generation>> = self
             .table
             .shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).sealed.clone())
             .collect();
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
+        let mut all: Vec<(&Vec<u8>, &State)> = sealed.iter().flat_map(|g| g.iter()).collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
         // No reads: the TTL index is already exact (kept at apply time, see the module doc).
-        for (key, state) in sealed.iter().flat_map(|g| g.iter()) {
-            match state {
-                Some(e) => batch.insert(value_key(key), encode_entry(&e.value, e.deadline_ms)),
-                None => batch.remove(value_key(key)),
-            }
-            n += 1;
+        for chunk in all.chunks(WRITE_BACK_CHUNK) {
+            let mut r: Result<()> = Ok(());
+            paused(&mut || {
+                r = chunk.iter().try_for_each(|(key, state)| {
+                    match state {
+                        Some(e) => self
+                            .db
+                            .insert(value_key(key), encode_entry(&e.value, e.deadline_ms))?,
+                        None => self.db.remove(value_key(key))?,
+                    };
+                    Ok(())
+                });
+            });
+            r?;
         }
-        if n > 0 {
-            self.db.apply_batch(batch)?;
-        }
+        let n = all.len();
+        drop(all);
         drop(sealed);
         self.table.retire_sealed();
         Ok(n)
