@@ -192,6 +192,31 @@ async fn enospc_refuses_writes_loses_nothing_and_heals_when_space_returns() {
     assert_eq!(value(&reopen(d.path()), "n"), Some(acked.to_string()));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shutdown_while_the_disk_is_full_ends_and_keeps_what_was_acknowledged() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, faults) = start_with_faults(d.path()).await;
+    let mut c = s.client().await;
+    for _ in 0..10 {
+        c.incr(incr("n")).await.unwrap();
+    }
+    faults.set_enospc(true);
+    // Applied (so it waits in the write-back table), but its WAL write hits the full disk.
+    let mut c2 = c.clone();
+    let stuck = tokio::spawn(async move { c2.incr(incr("n")).await });
+    // Past a write-back interval: the write-back must not sit out the outage waiting for that
+    // record to become durable, or the shutdown below, which joins it, never ends.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::timeout(Duration::from_secs(30), s.stop())
+        .await
+        .expect("shutdown hung while the disk was full");
+    assert!(
+        stuck.await.unwrap().is_err(),
+        "the stuck write was acknowledged"
+    );
+    assert_eq!(value(&reopen(d.path()), "n"), Some("10".to_string()));
+}
+
 fn wal_config(dir: &std::path::Path, faults: &Arc<Faults>) -> tally::wal::WalConfig {
     tally::wal::WalConfig {
         dir: dir.to_path_buf(),

@@ -136,8 +136,13 @@ impl Engine {
         )
     }
 
+    /// Not while the disk is full: a checkpoint writes the table back first, which waits for
+    /// the WAL to make its cut durable (see `write_back`), so it would only fail. (So a WAL that
+    /// filled the disk is not shrunk by a checkpoint until space returns.)
     pub(super) fn checkpoint_due(&self, last_run: Instant) -> bool {
-        self.wal.failure().is_none() && self.checkpoint_size_or_age_due(last_run)
+        self.wal.failure().is_none()
+            && !self.wal.out_of_space()
+            && self.checkpoint_size_or_age_due(last_run)
     }
 
     /// Due by size when the WAL is over `checkpoint_bytes` *and* has a sealed segment the

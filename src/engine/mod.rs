@@ -215,17 +215,24 @@ impl Engine {
         engine.repair_requests()?;
         engine.spawn_census();
         engine.spawn_dedupe();
-        let mut last_write_back = Instant::now();
+        let (mut last_write_back, mut failed) = (Instant::now(), false);
         engine.spawn_background("tally-write-back", move |e| {
             let dirty = e.store.dirty_keys();
-            let due = (dirty > 0 && last_write_back.elapsed() >= WRITE_BACK_INTERVAL)
-                || (dirty >= WRITE_BACK_KEYS && last_write_back.elapsed() >= CHECKPOINT_POLL);
-            // Fail-stop: the WAL has what there is.
-            if due && e.wal.failure().is_none() {
-                if let Err(err) = e.write_back() {
-                    // The table keeps the values (and the WAL has them); the next round retries.
-                    warn!("write-back to sled failed: {err}");
-                }
+            let since = last_write_back.elapsed();
+            let due = (dirty > 0 && since >= WRITE_BACK_INTERVAL)
+                || (dirty >= WRITE_BACK_KEYS && !failed && since >= CHECKPOINT_POLL);
+            // Not after a fail-stop (the WAL has what there is), nor while the disk is full
+            // (the cut cannot become durable; writes are refused meanwhile).
+            if due && e.wal.failure().is_none() && !e.wal.out_of_space() {
+                failed = match e.write_back() {
+                    Ok(_) => false,
+                    Err(err) => {
+                        // The table keeps the values (and the WAL has them); retried after a
+                        // whole interval, not at every poll.
+                        warn!("write-back to sled failed: {err}");
+                        true
+                    }
+                };
                 last_write_back = Instant::now();
             }
             CHECKPOINT_POLL

@@ -44,8 +44,11 @@ use crate::error::{Error, Result};
 use crate::wal::Op;
 use tracing::warn;
 
-/// Keys written back per pause of appends (a few hundred µs of sled inserts).
+/// Keys, and value bytes, written back per pause of appends (a few hundred µs of sled
+/// inserts; one larger value goes alone).
 const WRITE_BACK_CHUNK: usize = 256;
+/// See [`WRITE_BACK_CHUNK`].
+const WRITE_BACK_CHUNK_BYTES: usize = 1 << 20;
 /// Shards of the table: a key's shard lock is held only for one map operation.
 const SHARDS: usize = 64;
 /// Most clean values cached (see the module doc), by count and by bytes (keys and values plus
@@ -360,7 +363,8 @@ impl Store {
     /// [`Store::write_back`]) and newer than the last checkpoint (which wrote back everything
     /// before it), so after a crash part-way replay rewrites every key it touched.
     ///
-    /// The inserts run with appends paused, [`WRITE_BACK_CHUNK`] at a time, so sled is never
+    /// The inserts run with appends paused, [`WRITE_BACK_CHUNK`] keys (at most
+    /// [`WRITE_BACK_CHUNK_BYTES`] of values) at a time, so sled is never
     /// written by two threads at once (as before the table, when every write to sled ran
     /// under the WAL's lock): with the write-back's inserts running beside the apply path's,
     /// sled 0.34 hung in its final flush at shutdown in about half the runs of
@@ -375,7 +379,20 @@ impl Store {
         let mut all: Vec<(&Vec<u8>, &State)> = sealed.iter().flat_map(|g| g.iter()).collect();
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
         // No reads: the TTL index is already exact (kept at apply time, see the module doc).
-        for chunk in all.chunks(WRITE_BACK_CHUNK) {
+        let mut rest = &all[..];
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let n = rest
+                .iter()
+                .take(WRITE_BACK_CHUNK)
+                .take_while(|(_, st)| {
+                    bytes += st.as_ref().map_or(0, |e| e.value.len());
+                    bytes <= WRITE_BACK_CHUNK_BYTES
+                })
+                .count()
+                .max(1);
+            let (chunk, later) = rest.split_at(n);
+            rest = later;
             let mut r: Result<()> = Ok(());
             paused(&mut || {
                 r = chunk.iter().try_for_each(|(key, state)| {

@@ -295,16 +295,27 @@ impl Wal {
     /// Blocks until `lsn` is acknowledged, or fails if the log has failed.
     pub fn wait(&self, lsn: u64) -> Result<()> {
         let mode = self.shared.config.fsync;
-        self.wait_until(lsn, |st| st.acked(mode))
+        self.wait_until(lsn, false, |st| st.acked(mode))
     }
 
     /// Blocks until `lsn` is covered by an fsync (in `Periodic` that can take an fsync
-    /// interval), or fails if the log has failed.
+    /// interval), or fails if the log has failed, or with `NoSpace` while the disk is full (a
+    /// background caller must not sit out the outage: shutdown would wait for it).
     pub fn wait_synced(&self, lsn: u64) -> Result<()> {
-        self.wait_until(lsn, |st| st.synced)
+        self.wait_until(lsn, true, |st| st.synced)
     }
 
-    fn wait_until(&self, lsn: u64, reached: impl Fn(&State) -> u64) -> Result<()> {
+    /// True while the last WAL write hit a full disk (appends are refused until a retry works).
+    pub fn out_of_space(&self) -> bool {
+        self.lock().no_space
+    }
+
+    fn wait_until(
+        &self,
+        lsn: u64,
+        give_up_on_no_space: bool,
+        reached: impl Fn(&State) -> u64,
+    ) -> Result<()> {
         let mut st = self.lock();
         loop {
             if reached(&st) >= lsn {
@@ -312,6 +323,9 @@ impl Wal {
             }
             if let Some(m) = &st.failed {
                 return Err(Error::Unavailable(m.clone()));
+            }
+            if give_up_on_no_space && st.no_space {
+                return Err(Error::NoSpace);
             }
             if st.writer_idle {
                 self.shared.work.notify_one();

@@ -284,6 +284,9 @@ fn commit(
                 std::mem::swap(&mut st.buf, &mut io.spare);
                 io.spare.clear();
                 st.no_space = true;
+                if st.blocked > 0 {
+                    shared.acked.notify_all(); // `Wal::wait_synced` gives up on a full disk
+                }
                 drop(st);
                 shared.work.notify_one();
                 return Ok(Committed {
