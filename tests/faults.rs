@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::InProc;
+use common::{Client, InProc};
 use tally::clock::SystemClock;
 use tally::config::Config;
 use tally::engine::Engine;
@@ -143,8 +143,8 @@ async fn an_error_that_reveals_a_value_waits_for_it_to_be_durable() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn enospc_refuses_writes_loses_nothing_and_heals_when_space_returns() {
+/// A server that acknowledged ten increments of "n", then a full disk (ENOSPC on WAL writes).
+async fn ten_increments_then_a_full_disk() -> (tempfile::TempDir, InProc, Arc<Faults>, Client) {
     let d = tempfile::tempdir().unwrap();
     let (s, faults) = start_with_faults(d.path()).await;
     let mut c = s.client().await;
@@ -152,6 +152,12 @@ async fn enospc_refuses_writes_loses_nothing_and_heals_when_space_returns() {
         c.incr(incr("n")).await.unwrap();
     }
     faults.set_enospc(true);
+    (d, s, faults, c)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enospc_refuses_writes_loses_nothing_and_heals_when_space_returns() {
+    let (d, s, faults, mut c) = ten_increments_then_a_full_disk().await;
     // Keep sending until the server refuses. A write that was already applied when the disk
     // filled up waits (its batch is retried); one that arrives after is refused untouched.
     let mut pending = Vec::new();
@@ -194,13 +200,7 @@ async fn enospc_refuses_writes_loses_nothing_and_heals_when_space_returns() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_shutdown_while_the_disk_is_full_ends_and_keeps_what_was_acknowledged() {
-    let d = tempfile::tempdir().unwrap();
-    let (s, faults) = start_with_faults(d.path()).await;
-    let mut c = s.client().await;
-    for _ in 0..10 {
-        c.incr(incr("n")).await.unwrap();
-    }
-    faults.set_enospc(true);
+    let (d, s, _faults, c) = ten_increments_then_a_full_disk().await;
     // Applied (so it waits in the write-back table), but its WAL write hits the full disk.
     let mut c2 = c.clone();
     let stuck = tokio::spawn(async move { c2.incr(incr("n")).await });
