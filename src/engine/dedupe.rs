@@ -267,7 +267,11 @@ impl Engine {
                 break;
             }
             let _g = self.lock_keys(std::iter::once(a.id.as_slice()));
-            if self.store.remove_request(a)? {
+            // With appends paused, as every other write to sled (see `storage::table`).
+            if self
+                .wal
+                .with_appends_paused(|| self.store.remove_request(a))?
+            {
                 self.dedupe.entries.fetch_sub(1, Ordering::Relaxed);
                 let c = if expired {
                     &self.dedupe.expired

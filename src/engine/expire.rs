@@ -165,7 +165,10 @@ impl Engine {
                 Some(cur) if cur == *d && now > cur => ops.push(Op::Delete { key: key.clone() }),
                 // The key's TTL changed (or it is gone): the entry is stale, not the key.
                 Some(cur) if cur == *d => {}
-                _ => self.store.remove_index(key, *d)?,
+                // With appends paused, as every other write to sled (see `storage::table`).
+                _ => self
+                    .wal
+                    .with_appends_paused(|| self.store.remove_index(key, *d))?,
             }
         }
         if !ops.is_empty() {
