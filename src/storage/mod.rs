@@ -5,6 +5,10 @@
 //! an fsync on Linux, so [`Store::sync`] adds real fsyncs, and the WAL stays the source of truth
 //! in between.
 //!
+//! While serving (once the startup census is done), `apply` writes into the write-back table
+//! in front of sled (module `table`), which reaches sled once the WAL has made it durable. What
+//! follows is how `apply` writes sled itself: during replay and the census.
+//!
 //! Why plain inserts for a one-op record (an INCR, a SET) and not `apply_batch`: in sled 0.34
 //! every `apply_batch` (and `transaction`) seals and writes an IO buffer, ~45 µs of kernel time
 //! per call against ~0.4 µs for `insert`; it was the largest cost per request. One key's change
