@@ -10,6 +10,18 @@ use tally::grpc::pb::set_request::Expiry;
 use tally::grpc::pb::*;
 use tonic::Code;
 
+/// PERSIST over gRPC: true if a TTL was removed.
+async fn persisted(c: &mut Client, key: &str) -> bool {
+    c.persist(PersistRequest {
+        key: key.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .applied
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ttl_reports_minus_two_minus_one_and_counts_down() {
     let (s, clock, _d) = manual().await;
@@ -155,16 +167,7 @@ async fn expired_keys_are_missing_for_every_operation() {
             .await
             .unwrap()
     );
-    assert!(
-        !c.persist(PersistRequest {
-            key: "k".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .applied
-    );
+    assert!(!persisted(&mut c, "k").await);
     // INCR on an expired key starts a new key at 1 with no TTL.
     assert_eq!(incr(&mut c, "k").await, 1);
     assert_eq!(ttl(&mut c, "k").await, (-1, -1));
@@ -338,26 +341,8 @@ async fn set_options_and_which_writes_keep_the_ttl() {
     })
     .await
     .unwrap();
-    assert!(
-        c.persist(PersistRequest {
-            key: "k".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .applied
-    );
-    assert!(
-        !c.persist(PersistRequest {
-            key: "k".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .applied
-    );
+    assert!(persisted(&mut c, "k").await);
+    assert!(!persisted(&mut c, "k").await);
     assert_eq!(ttl(&mut c, "k").await, (-1, -1));
     clock.advance(5000);
     assert_eq!(get(&mut c, "k").await.as_deref(), Some("1"));

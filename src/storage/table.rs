@@ -520,6 +520,30 @@ mod tests {
     }
 
     #[test]
+    fn nothing_reaches_sled_before_the_wal_says_it_is_durable() {
+        let (_d, s) = open();
+        s.enable_table();
+        s.apply(1, &[put("k", "1", None)]).unwrap();
+        let not_yet = || Err(crate::error::Error::NoSpace);
+        assert!(s.write_back(|seal| seal(), not_yet).is_err());
+        assert_eq!(
+            s.db.get(value_key(b"k")).unwrap(),
+            None,
+            "written before durable"
+        );
+        assert_eq!(
+            s.get(b"k").unwrap().unwrap().value,
+            b"1",
+            "the table lost it"
+        );
+        // The sealed generation waits for the next write-back, and goes first.
+        s.apply(2, &[put("k", "2", None)]).unwrap();
+        assert_eq!(write_back(&s), 2);
+        assert_eq!(s.get(b"k").unwrap().unwrap().value, b"2");
+        assert!(s.db.get(value_key(b"k")).unwrap().is_some());
+    }
+
+    #[test]
     fn the_clean_cache_is_bounded_in_bytes_too() {
         let (_d, s) = open();
         s.enable_table();
