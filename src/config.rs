@@ -60,6 +60,18 @@ pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(86_400);
 /// Default cap on request ids remembered (`--dedupe-max-entries`); past it the oldest go.
 pub const DEFAULT_DEDUPE_MAX_ENTRIES: u64 = 1_000_000;
 
+/// Default time a Lua script runs before other clients get `-BUSY` (`--busy-script-ms`;
+/// Redis's `busy-reply-threshold`).
+pub const DEFAULT_BUSY_SCRIPT: Duration = Duration::from_millis(5000);
+/// Default cap on the memory of the Lua interpreter (`--script-memory-bytes`): a script that
+/// allocates past it fails with an error, and the server keeps serving.
+pub const DEFAULT_SCRIPT_MEMORY_BYTES: usize = 64 << 20;
+/// Largest script body EVAL or SCRIPT LOAD accepts (the request limit bounds it anyway).
+pub const MAX_SCRIPT_BYTES: usize = 1 << 20;
+/// Most scripts the script cache holds (`SCRIPT LOAD`, `EVAL`); past it the cache is emptied
+/// (as `SCRIPT FLUSH`), so a client generating scripts cannot grow memory without bound.
+pub const MAX_CACHED_SCRIPTS: usize = 10_000;
+
 /// Everything the engine needs to open a data directory.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -82,6 +94,8 @@ pub struct Config {
     /// Keys the startup census counts per step, with appends paused (tests make it small so
     /// that writes race the census).
     pub census_step_keys: usize,
+    /// How long a Lua script runs before other commands get `-BUSY` (engine `world`).
+    pub busy_script: Duration,
     /// Injected I/O faults, for tests (see `fault`); none by default.
     pub faults: Arc<Faults>,
 }
@@ -99,6 +113,7 @@ impl Config {
             dedupe_window: DEFAULT_DEDUPE_WINDOW,
             dedupe_max_entries: DEFAULT_DEDUPE_MAX_ENTRIES,
             census_step_keys: 1024,
+            busy_script: DEFAULT_BUSY_SCRIPT,
             faults: Arc::default(),
         }
     }

@@ -27,6 +27,9 @@ pub enum Error {
     /// The server can no longer acknowledge writes (a failed fsync, or shutting down).
     /// Fail-stop: nothing is retried behind the caller's back.
     Unavailable(String),
+    /// A Lua script has run longer than `busy_script` and still holds the world lock: retry,
+    /// or stop it with SCRIPT KILL.
+    Busy,
     /// The disk is full: the write was refused before it changed anything; retry later.
     NoSpace,
     /// A WAL record or checkpoint failed its checks somewhere other than the torn tail.
@@ -106,6 +109,9 @@ impl fmt::Display for Error {
             Error::InvalidExpireTime(cmd) => write!(f, "invalid expire time in '{cmd}' command"),
             Error::InvalidArgument(m) | Error::AlreadyExists(m) => f.write_str(m),
             Error::Unavailable(m) => write!(f, "unavailable: {m}"),
+            Error::Busy => f.write_str(
+                "Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+            ),
             Error::NoSpace => f.write_str(
                 "no space left on device for the write-ahead log; writes are refused until space returns",
             ),

@@ -37,6 +37,8 @@ pub struct Options {
     /// Most gRPC connections at once; calls on one over it get UNAVAILABLE (see
     /// `grpc::incoming`).
     pub max_grpc_connections: usize,
+    /// Cap on the Lua interpreter's memory (`--script-memory-bytes`).
+    pub script_memory_bytes: usize,
 }
 
 impl Default for Options {
@@ -45,6 +47,7 @@ impl Default for Options {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_clients: crate::config::DEFAULT_MAX_CLIENTS,
             max_grpc_connections: crate::config::DEFAULT_MAX_GRPC_CONNECTIONS,
+            script_memory_bytes: crate::config::DEFAULT_SCRIPT_MEMORY_BYTES,
         }
     }
 }
@@ -127,6 +130,7 @@ pub async fn run(
             l,
             stop_rx.clone(),
             options.max_clients,
+            options.script_memory_bytes,
         ))
     });
     info!(addr = %listeners.grpc.local_addr()?, "serving gRPC");

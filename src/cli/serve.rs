@@ -76,6 +76,17 @@ pub struct Args {
     /// each). Past it the oldest are forgotten first, and a retry of one runs again.
     #[arg(long, default_value_t = config::DEFAULT_DEDUPE_MAX_ENTRIES)]
     dedupe_max_entries: u64,
+    /// How long (milliseconds) a Lua script may run before other clients' commands get
+    /// "-BUSY Redis is busy running a script…" (Redis's busy-reply-threshold). Until then they
+    /// wait, as behind any script; after it, SCRIPT KILL stops a script that has not written.
+    #[arg(long, default_value_t = config::DEFAULT_BUSY_SCRIPT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    busy_script_ms: u64,
+    /// Cap on the Lua interpreter's memory, all scripts and the script cache together. A
+    /// script that allocates past it fails with "script ran out of memory"; others go on.
+    #[arg(long, default_value_t = config::DEFAULT_SCRIPT_MEMORY_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(1 << 20..))]
+    script_memory_bytes: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -108,6 +119,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     config.cache_bytes = a.cache_bytes;
     config.dedupe_window = std::time::Duration::from_secs(a.dedupe_window_secs);
     config.dedupe_max_entries = a.dedupe_max_entries;
+    config.busy_script = std::time::Duration::from_millis(a.busy_script_ms);
     config.checkpoint_interval = std::time::Duration::from_secs(a.checkpoint_interval_secs.max(1));
     if matches!(a.fsync, Fsync::Periodic) {
         tracing::warn!(
@@ -148,6 +160,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             shutdown_grace: std::time::Duration::from_millis(a.shutdown_grace_ms),
             max_clients: budget.resp,
             max_grpc_connections: budget.grpc,
+            script_memory_bytes: a.script_memory_bytes as usize,
         };
         tally::server::run(engine, listeners, shutdown_signal(), options)
             .await

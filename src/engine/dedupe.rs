@@ -266,7 +266,7 @@ impl Engine {
             if !expired && self.dedupe.entries.load(Ordering::Relaxed) <= max {
                 break;
             }
-            let _g = self.lock_keys(std::iter::once(a.id.as_slice()));
+            let _g = self.lock_keys(std::iter::once(a.id.as_slice()))?;
             // With appends paused, as every other write to sled (see `storage::table`).
             if self
                 .wal

@@ -158,7 +158,7 @@ impl Engine {
         if due.is_empty() {
             return Ok(0);
         }
-        let _g = self.lock_keys(due.iter().map(|(k, _)| k.as_slice()));
+        let _g = self.lock_keys(due.iter().map(|(k, _)| k.as_slice()))?;
         let mut ops = Vec::with_capacity(due.len());
         for (key, d) in &due {
             match self.store.get(key)?.and_then(|e| e.deadline_ms) {

@@ -30,6 +30,8 @@ mod replay;
 mod throttle;
 mod tx;
 mod txn;
+mod watch;
+mod world;
 
 use census::Census;
 pub use census::{CENSUS_WAIT, CensusWaiter};
@@ -41,13 +43,14 @@ use replay::Replay;
 pub use throttle::{Throttle, ThrottleOutcome};
 pub use tx::{GetEx, Tx};
 pub use txn::{Compare, CompareOp, MAX_TXN_ITEMS, Target, Txn, TxnOp, TxnOutcome, TxnResult};
+pub use watch::Watched;
 
 use std::collections::hash_map::RandomState;
 use std::fs::File;
 use std::hash::BuildHasher;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -147,6 +150,10 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     stripes: Box<[Mutex<()>]>,
     hasher: RandomState,
+    /// Taken shared by every keyed command, alone by a script (module `world`).
+    world: world::World,
+    /// WATCH's key versions.
+    watches: watch::Watches,
     keys: AtomicI64,
     ttl_keys: AtomicI64,
     /// The startup census: `keys`/`ttl_keys` are exact once it is done.
@@ -200,6 +207,8 @@ impl Engine {
             clock,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: RandomState::new(),
+            world: world::World::new(config.busy_script),
+            watches: Default::default(),
             keys: AtomicI64::new(0),
             ttl_keys: AtomicI64::new(0),
             census: Census::default(),
@@ -260,15 +269,22 @@ impl Engine {
         (self.hasher.hash_one(key) as usize) % STRIPES
     }
 
-    /// Locks the stripes of all `keys` in index order (so two multi-key writers cannot deadlock).
-    /// A stripe is locked once even if several keys share it (std mutexes are not reentrant).
-    fn lock_keys<'a>(&'a self, keys: impl Iterator<Item = &'a [u8]>) -> Vec<MutexGuard<'a, ()>> {
+    /// Takes the world lock shared (module `world`), then locks the stripes of all `keys` in
+    /// index order (so two multi-key writers cannot deadlock). A stripe is locked once even if
+    /// several keys share it (std mutexes are not reentrant).
+    fn lock_keys<'a>(&'a self, keys: impl Iterator<Item = &'a [u8]>) -> Result<Locks<'a>> {
+        let world = self.world.shared()?;
         let mut idx: Vec<usize> = keys.map(|k| self.stripe_of(k)).collect();
         idx.sort_unstable();
         idx.dedup();
-        idx.into_iter()
+        let stripes = idx
+            .into_iter()
             .map(|i| self.stripes[i].lock().unwrap_or_else(|p| p.into_inner()))
-            .collect()
+            .collect();
+        Ok(Locks {
+            _stripes: stripes,
+            _world: world,
+        })
     }
 
     /// Applies and logs `ops` as one record.
@@ -285,6 +301,7 @@ impl Engine {
         }
         self.keys.fetch_add(delta.keys, Ordering::Relaxed);
         self.ttl_keys.fetch_add(delta.ttl_keys, Ordering::Relaxed);
+        self.watches.touched(ops);
         Ok(lsn)
     }
 
@@ -317,8 +334,16 @@ impl Engine {
         for k in keys {
             config::check_key(k)?;
         }
-        let _g = self.lock_keys(keys.iter().copied().chain(id));
-        let mut tx = Tx::new(self, self.clock.now_ms());
+        let _g = self.lock_keys(keys.iter().copied().chain(id))?;
+        self.finish(Tx::new(self, self.clock.now_ms()), f)
+    }
+
+    /// Runs `f` in `tx` and logs what it produced as one record (nothing if it failed).
+    fn finish<R>(
+        &self,
+        mut tx: Tx<'_>,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R>,
+    ) -> Result<Ack<R>> {
         let value = f(&mut tx)?;
         if let Some(n) = tx.too_large {
             return Err(crate::wal::record::too_large(n));
@@ -502,6 +527,12 @@ impl Engine {
             Err(e) => warn!("could not start the {name} thread: {e}"),
         }
     }
+}
+
+/// The locks a keyed command holds (stripes released before the world lock).
+struct Locks<'a> {
+    _stripes: Vec<MutexGuard<'a, ()>>,
+    _world: RwLockReadGuard<'a, ()>,
 }
 
 /// The stop signal and handles of the engine's background threads.

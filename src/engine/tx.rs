@@ -130,6 +130,11 @@ impl<'e> Tx<'e> {
         Ok(())
     }
 
+    /// True once this command or transaction has changed something (SCRIPT KILL's test).
+    pub fn wrote(&self) -> bool {
+        self.ops.iter().any(|op| !op.is_request())
+    }
+
     /// The ops produced so far (`dedupe` keeps a copy with a request id).
     pub(super) fn ops(&self) -> &[Op] {
         &self.ops

@@ -11,7 +11,7 @@ impl From<Error> for Status {
             Error::Overflow | Error::DecrementOverflow | Error::NanOrInfinity => Code::OutOfRange,
             Error::InvalidArgument(_) | Error::InvalidExpireTime(_) => Code::InvalidArgument,
             Error::AlreadyExists(_) => Code::AlreadyExists,
-            Error::Unavailable(_) => Code::Unavailable,
+            Error::Unavailable(_) | Error::Busy => Code::Unavailable,
             Error::NoSpace => Code::ResourceExhausted,
             Error::Corruption(_) => Code::DataLoss,
             Error::Locked(_) | Error::Io { .. } | Error::Storage(_) | Error::At { .. } => {

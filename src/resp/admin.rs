@@ -83,7 +83,7 @@ fn config_get(patterns: &[Bytes], shared: &Shared) -> Reply {
     Reply::Map(pairs)
 }
 
-fn unknown_subcommand(sub: &[u8], cmd: &str) -> Reply {
+pub(super) fn unknown_subcommand(sub: &[u8], cmd: &str) -> Reply {
     Reply::err(format!(
         "unknown subcommand '{}'. Try {cmd} HELP.",
         String::from_utf8_lossy(sub)

@@ -41,6 +41,23 @@ const W: &[&str] = &["write", "denyoom"];
 const WF: &[&str] = &["write", "denyoom", "fast"];
 const R: &[&str] = &["readonly", "fast"];
 const C: &[&str] = &["fast", "stale", "loading"];
+const TXF: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
+const EV: &[&str] = &[
+    "noscript",
+    "skip_monitor",
+    "may_replicate",
+    "no_mandatory_keys",
+    "stale",
+    "movablekeys",
+];
+const EV_RO: &[&str] = &[
+    "noscript",
+    "skip_monitor",
+    "no_mandatory_keys",
+    "stale",
+    "readonly",
+    "movablekeys",
+];
 const ONE: (i64, i64, i64) = (1, 1, 1);
 const ALL: (i64, i64, i64) = (1, -1, 1);
 const NONE: (i64, i64, i64) = (0, 0, 0);
@@ -91,9 +108,21 @@ pub const TABLE: &[Spec] = &[
         &["admin", "noscript", "loading", "stale"],
         NONE,
     ),
-    spec("multi", 1, C, NONE),
-    spec("exec", 1, &["noscript", "loading", "stale"], NONE),
-    spec("discard", 1, C, NONE),
+    spec("multi", 1, TXF, NONE),
+    spec(
+        "exec",
+        1,
+        &["noscript", "loading", "stale", "skip_slowlog"],
+        NONE,
+    ),
+    spec("discard", 1, TXF, NONE),
+    spec("watch", -2, TXF, ALL),
+    spec("unwatch", 1, TXF, NONE),
+    spec("eval", -3, EV, NONE),
+    spec("evalsha", -3, EV, NONE),
+    spec("eval_ro", -3, EV_RO, NONE),
+    spec("evalsha_ro", -3, EV_RO, NONE),
+    spec("script", -2, &["noscript"], NONE),
 ];
 
 /// The table row for `name` (already lower-case).

@@ -23,9 +23,11 @@ use super::admin::{self, Session};
 use super::command::{self, Cmd, arity_error};
 use super::parse::{self, ProtocolError};
 use super::reply::Reply;
+use super::script::{self, blocking};
 use super::{Shared, stopped};
 use crate::config::{MAX_MULTI_BYTES, MAX_MULTI_COMMANDS};
-use crate::engine::Engine;
+use crate::engine::{Engine, Watched};
+use crate::error::Error;
 
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
@@ -43,6 +45,8 @@ struct Conn {
     queued_bytes: usize,
     /// A queue-time error happened inside MULTI: EXEC must abort.
     dirty: bool,
+    /// WATCHed keys, until EXEC, DISCARD, UNWATCH or the connection's end.
+    watched: Vec<Watched>,
 }
 
 /// What one command produced.
@@ -80,6 +84,7 @@ pub async fn run(
         multi: None,
         queued_bytes: 0,
         dirty: false,
+        watched: Vec::new(),
     };
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut parser = parse::Parser::default();
@@ -141,6 +146,7 @@ pub async fn run(
             _ = stopped(&mut shutdown) => break,
         }
     }
+    engine.unwatch(std::mem::take(&mut conn.watched));
     shared.clients.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -235,6 +241,9 @@ impl Conn {
             self.dirty |= self.multi.is_some();
             return reply(arity_error(spec.name));
         }
+        if let Some(r) = self.busy(shared, &name, &args) {
+            return reply(r);
+        }
         match name.as_str() {
             "quit" => {
                 return Outcome {
@@ -254,10 +263,22 @@ impl Conn {
             "exec" => return self.exec(shared),
             "discard" => {
                 self.dirty = false;
+                shared.engine.unwatch(std::mem::take(&mut self.watched));
                 return reply(match self.multi.take() {
                     Some(_) => Reply::Ok,
                     None => Reply::err("DISCARD without MULTI"),
                 });
+            }
+            "watch" if self.multi.is_some() => {
+                return reply(Reply::err("WATCH inside MULTI is not allowed"));
+            }
+            "watch" => return reply(self.watch(shared, &args)),
+            "unwatch" => {
+                shared.engine.unwatch(std::mem::take(&mut self.watched));
+                return reply(Reply::Ok);
+            }
+            "script" if self.multi.is_none() => {
+                return reply(blocking(|| shared.scripts.script(shared, &args)));
             }
             _ => {}
         }
@@ -281,6 +302,9 @@ impl Conn {
         if let Some(r) = admin::run(&name, &args, &mut self.session, shared) {
             return reply(r);
         }
+        if script::is_script(name.as_bytes()) {
+            return self.eval(shared, &name, &args);
+        }
         match command::prepare(&name, &args) {
             Err(r) => reply(r),
             Ok(None) => reply(Reply::err(format!(
@@ -301,10 +325,74 @@ impl Conn {
         }
     }
 
+    /// Past `--busy-script-ms` of a running script, every command but SCRIPT KILL (and the
+    /// transaction bookkeeping Redis also allows) gets `-BUSY`. Engine commands check this
+    /// themselves (`engine::world`); this covers the rest (PING, INFO, …).
+    fn busy(&self, shared: &Shared, name: &str, args: &[Bytes]) -> Option<Reply> {
+        let elapsed = shared.engine.script_elapsed()?;
+        let allowed = matches!(name, "quit" | "multi" | "discard" | "watch" | "unwatch")
+            || (name == "script" && args.len() == 2 && args[1].eq_ignore_ascii_case(b"kill"));
+        (elapsed >= shared.engine.busy_script() && !allowed).then(|| Reply::from(Error::Busy))
+    }
+
+    fn watch(&mut self, shared: &Shared, args: &[Bytes]) -> Reply {
+        let new: Vec<&[u8]> = args[1..]
+            .iter()
+            .map(|k| &k[..])
+            .filter(|k| !self.watched.iter().any(|w| w.key() == *k))
+            .collect();
+        let mut new = new;
+        new.dedup();
+        match shared.engine.watch(&new) {
+            Ok(w) => {
+                self.watched.extend(w);
+                Reply::Ok
+            }
+            Err(e) => Reply::from(e),
+        }
+    }
+
+    fn eval(&mut self, shared: &Shared, name: &str, args: &[Bytes]) -> Outcome {
+        let call = match script::parse(name, args) {
+            Ok(c) => c,
+            Err(r) => return reply(r),
+        };
+        let session = &mut self.session;
+        let result = blocking(|| {
+            shared
+                .engine
+                .run_exclusive(|tx| Ok(shared.scripts.run(tx, session, shared, &call)))
+        });
+        match result {
+            Ok(ack) => Outcome {
+                reply: ack.value,
+                lsn: ack.lsn,
+                close: false,
+            },
+            Err(e) => Outcome {
+                lsn: shared.engine.lsn_seen_by(&e),
+                reply: Reply::from(e),
+                close: false,
+            },
+        }
+    }
+
     fn exec(&mut self, shared: &Shared) -> Outcome {
         let Some(queue) = self.multi.take() else {
             return reply(Reply::err("EXEC without MULTI"));
         };
+        let watched = std::mem::take(&mut self.watched);
+        let outcome = self.exec_queue(shared, queue, &watched);
+        shared.engine.unwatch(watched);
+        outcome
+    }
+
+    fn exec_queue(
+        &mut self,
+        shared: &Shared,
+        queue: Vec<Vec<Bytes>>,
+        watched: &[Watched],
+    ) -> Outcome {
         if std::mem::take(&mut self.dirty) {
             return reply(Reply::Error(
                 "EXECABORT Transaction discarded because of previous errors.".into(),
@@ -312,6 +400,7 @@ impl Conn {
         }
         enum Item {
             Engine(Cmd),
+            Script(script::Call),
             Admin(String, Vec<Bytes>),
             Done(Reply),
         }
@@ -319,6 +408,12 @@ impl Conn {
             .into_iter()
             .map(|args| {
                 let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+                if script::is_script(name.as_bytes()) {
+                    return match script::parse(&name, &args) {
+                        Ok(c) => Item::Script(c),
+                        Err(r) => Item::Done(r),
+                    };
+                }
                 match command::prepare(&name, &args) {
                     Ok(Some(c)) => Item::Engine(c),
                     Ok(None) => Item::Admin(name, args),
@@ -332,22 +427,38 @@ impl Conn {
                 Item::Engine(c) => c.keys(),
                 _ => Vec::new(),
             })
+            .chain(watched.iter().map(Watched::key))
             .collect();
         let session = &mut self.session;
-        let result = shared.engine.run(&keys, |tx| {
-            Ok(items
-                .iter()
-                .map(|i| match i {
-                    Item::Engine(c) => c.exec(tx).unwrap_or_else(Reply::from),
-                    Item::Admin(name, args) => admin::run(name, args, session, shared)
-                        .unwrap_or_else(|| Reply::err(format!("'{name}' cannot run inside MULTI"))),
-                    Item::Done(r) => r.clone(),
-                })
-                .collect())
-        });
+        let engine = &shared.engine;
+        let body = |tx: &mut crate::engine::Tx<'_>| {
+            if !engine.watches_intact(watched, tx)? {
+                return Ok(None);
+            }
+            Ok(Some(
+                items
+                    .iter()
+                    .map(|i| match i {
+                        Item::Engine(c) => c.exec(tx).unwrap_or_else(Reply::from),
+                        Item::Script(c) => shared.scripts.run(tx, session, shared, c),
+                        Item::Admin(name, args) => admin::run(name, args, session, shared)
+                            .unwrap_or_else(|| {
+                                Reply::err(format!("'{name}' cannot run inside MULTI"))
+                            }),
+                        Item::Done(r) => r.clone(),
+                    })
+                    .collect(),
+            ))
+        };
+        // A script in the transaction may touch any key: the whole EXEC runs alone.
+        let result = if items.iter().any(|i| matches!(i, Item::Script(_))) {
+            blocking(|| engine.run_exclusive(body))
+        } else {
+            engine.run(&keys, body)
+        };
         match result {
             Ok(ack) => Outcome {
-                reply: Reply::Array(ack.value),
+                reply: ack.value.map_or(Reply::NilArray, Reply::Array),
                 lsn: ack.lsn,
                 close: false,
             },

@@ -3,7 +3,7 @@
 //!
 //! Owns: framing (`parse`), reply encoding and the Error -> Redis error translation (`reply`),
 //! the command table and engine commands (`command`), the rate-limiting commands CL.THROTTLE and
-//! INCREX (`limits`), connection and server commands (`admin`), the per-connection loop
+//! INCREX (`limits`), Lua scripting (`script`), connection and server commands (`admin`), the per-connection loop
 //! (`conn`), and the in-memory ceiling for benchmarks (`ceiling`). Speaks only to the engine, never to `grpc`.
 //!
 //! Limits: `max_clients` connections (`--max-clients`, default
@@ -19,6 +19,7 @@ mod conn;
 mod limits;
 pub mod parse;
 mod reply;
+mod script;
 
 pub use admin::REDIS_VERSION;
 pub use ceiling::serve_ceiling;
@@ -49,6 +50,8 @@ pub struct Shared {
     port: u16,
     fsync_name: &'static str,
     max_clients: usize,
+    /// Lua scripting (module `script`).
+    scripts: script::Scripts,
 }
 
 /// Resolves once `shutdown` is true. (The guard `wait_for` returns is not `Send`; dropping it
@@ -64,6 +67,7 @@ pub async fn serve(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
     max_clients: usize,
+    script_memory_bytes: usize,
 ) {
     let mut acceptor = Acceptor::new(listener, max_clients, "RESP", "--max-clients");
     let port = acceptor.local_port();
@@ -80,6 +84,7 @@ pub async fn serve(
         port,
         fsync_name,
         max_clients: acceptor.max(),
+        scripts: script::Scripts::new(script_memory_bytes),
     });
     let for_conns = shutdown.clone();
     loop {
@@ -99,5 +104,7 @@ pub async fn serve(
         }
     }
     info!("RESP: no new connections; waiting for open ones to finish");
+    // A script that runs away (even one SCRIPT KILL refuses) must not hold up the shutdown.
+    shared.scripts.stop_for_shutdown();
     acceptor.drain().await;
 }

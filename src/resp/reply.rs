@@ -10,6 +10,12 @@ pub enum Reply {
     Ok,
     /// A status line such as `+PONG` or `+QUEUED`.
     Status(&'static str),
+    /// A status line built at run time (a script's `{ok=…}`).
+    Line(String),
+    /// RESP3 boolean (`:1`/`:0` in RESP2): a script's `true`/`false` after `redis.setresp(3)`.
+    Bool(bool),
+    /// The null array (EXEC aborted by WATCH): `*-1` in RESP2.
+    NilArray,
     /// `:n`.
     Int(i64),
     /// A bulk string.
@@ -56,6 +62,11 @@ impl Reply {
         match self {
             Reply::Ok => out.extend_from_slice(b"+OK\r\n"),
             Reply::Status(s) => line(out, b'+', s.as_bytes()),
+            Reply::Line(s) => line(out, b'+', s.as_bytes()),
+            Reply::Bool(b) if proto >= 3 => line(out, b'#', if *b { b"t" } else { b"f" }),
+            Reply::Bool(b) => line(out, b':', if *b { b"1" } else { b"0" }),
+            Reply::NilArray if proto >= 3 => out.extend_from_slice(b"_\r\n"),
+            Reply::NilArray => out.extend_from_slice(b"*-1\r\n"),
             Reply::Int(n) => line(out, b':', itoa::Buffer::new().format(*n).as_bytes()),
             Reply::Bulk(b) => bulk(out, b'$', b),
             Reply::Double(d) if proto >= 3 => line(out, b',', d),
@@ -131,6 +142,7 @@ impl From<Error> for Reply {
             | Error::AlreadyExists(_) => Reply::err(e),
             // Redis's error class for "cannot persist writes".
             Error::Unavailable(m) => Reply::Error(format!("MISCONF {m}")),
+            Error::Busy => Reply::Error(format!("BUSY {e}")),
             // Redis's words when its AOF write hits ENOSPC.
             Error::NoSpace => Reply::Error(
                 "MISCONF Errors writing to the AOF file: No space left on device".into(),
