@@ -26,6 +26,7 @@ mod checkpoint;
 mod dedupe;
 mod expire;
 mod increx;
+mod keyspace;
 mod replay;
 mod throttle;
 mod tx;
@@ -154,6 +155,8 @@ pub struct Engine {
     world: world::World,
     /// WATCH's key versions.
     watches: watch::Watches,
+    /// SCAN's cursors.
+    cursors: keyspace::Cursors,
     keys: AtomicI64,
     ttl_keys: AtomicI64,
     /// The startup census: `keys`/`ttl_keys` are exact once it is done.
@@ -209,6 +212,7 @@ impl Engine {
             hasher: RandomState::new(),
             world: world::World::new(config.busy_script),
             watches: Default::default(),
+            cursors: Default::default(),
             keys: AtomicI64::new(0),
             ttl_keys: AtomicI64::new(0),
             census: Census::default(),

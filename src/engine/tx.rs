@@ -30,7 +30,9 @@ pub enum GetEx {
 
 /// A command's view of the store; see the module doc.
 pub struct Tx<'e> {
-    store: &'e Store,
+    pub(super) store: &'e Store,
+    /// SCAN's cursors (module `keyspace`).
+    pub(super) cursors: &'e super::keyspace::Cursors,
     now: i64,
     pub(super) ops: Vec<Op>,
     /// Key -> index in `ops` of its last op, once there are more than [`SCAN_OPS`] ops, so a
@@ -53,6 +55,7 @@ impl<'e> Tx<'e> {
     pub(super) fn new(engine: &'e Engine, now: i64) -> Tx<'e> {
         Tx {
             store: &engine.store,
+            cursors: &engine.cursors,
             now,
             ops: Vec::new(),
             last_op: None,
@@ -63,7 +66,7 @@ impl<'e> Tx<'e> {
     }
 
     /// Counts `value` against the reply limit of this command or transaction.
-    fn returning(&self, value: Vec<u8>) -> Result<Vec<u8>> {
+    pub(super) fn returning(&self, value: Vec<u8>) -> Result<Vec<u8>> {
         let total = self.reply_bytes.get() + value.len();
         if total > config::MAX_REPLY_BYTES {
             return Err(Error::InvalidArgument(format!(
@@ -168,7 +171,12 @@ impl<'e> Tx<'e> {
             .filter(|e| e.deadline_ms.is_none_or(|d| self.now <= d)))
     }
 
-    fn put(&mut self, key: &[u8], value: Vec<u8>, deadline_ms: Option<i64>) -> Result<()> {
+    pub(super) fn put(
+        &mut self,
+        key: &[u8],
+        value: Vec<u8>,
+        deadline_ms: Option<i64>,
+    ) -> Result<()> {
         self.record(Op::Put {
             key: key.to_vec(),
             value,
@@ -177,7 +185,7 @@ impl<'e> Tx<'e> {
     }
 
     /// Removes the key physically if it is there (live or expired).
-    fn remove(&mut self, key: &[u8]) -> Result<()> {
+    pub(super) fn remove(&mut self, key: &[u8]) -> Result<()> {
         if self.physical(key)?.is_some() {
             self.record(Op::Delete { key: key.to_vec() })?;
         }

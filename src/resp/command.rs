@@ -5,8 +5,8 @@
 
 use bytes::Bytes;
 
-use super::limits;
 use super::reply::Reply;
+use super::{keyspace, limits};
 use crate::engine::{Condition, Expiry, GetEx, SetOptions, Ttl, Tx};
 use crate::error::{Error, Result};
 use crate::value::parse_int;
@@ -91,6 +91,14 @@ pub const TABLE: &[Spec] = &[
     spec("expiretime", 2, R, ONE),
     spec("pexpiretime", 2, R, ONE),
     spec("persist", 2, &["write", "fast"], ONE),
+    spec("scan", -2, &["readonly"], NONE),
+    spec("keys", 2, &["readonly"], NONE),
+    spec("type", 2, R, ONE),
+    spec("rename", 3, &["write"], (1, 2, 1)),
+    spec("renamenx", 3, WF, (1, 2, 1)),
+    spec("copy", -3, W, (1, 2, 1)),
+    spec("touch", -2, R, ALL),
+    spec("randomkey", 1, &["readonly"], NONE),
     spec("increx", -2, WF, ONE),
     spec("cl.throttle", -5, WF, ONE),
     spec("ping", -1, C, NONE),
@@ -215,6 +223,8 @@ pub enum Cmd {
     Persist(Bytes),
     /// CL.THROTTLE and INCREX (module `limits`).
     Limits(limits::Cmd),
+    /// SCAN, KEYS, TYPE, RENAME, COPY, … (module `keyspace`).
+    Keyspace(keyspace::Cmd),
 }
 
 /// Turns a SET-family expiry argument into an [`Expiry`]: an integer (E_INT), and for the
@@ -316,7 +326,10 @@ pub fn prepare(name: &str, args: &[Bytes]) -> std::result::Result<Option<Cmd>, R
         "expiretime" => Cmd::Ttl(key(), TtlKind::ExpireTime),
         "pexpiretime" => Cmd::Ttl(key(), TtlKind::PExpireTime),
         "persist" => Cmd::Persist(key()),
-        _ => return Ok(limits::prepare(name, args)?.map(Cmd::Limits)),
+        _ => match limits::prepare(name, args)? {
+            Some(c) => Cmd::Limits(c),
+            None => return Ok(keyspace::prepare(name, args)?.map(Cmd::Keyspace)),
+        },
     };
     Ok(Some(cmd))
 }
@@ -459,6 +472,7 @@ impl Cmd {
             Cmd::Del(ks) | Cmd::Exists(ks) | Cmd::MGet(ks) => ks.iter().map(|k| &k[..]).collect(),
             Cmd::MSet(pairs) => pairs.iter().map(|(k, _)| &k[..]).collect(),
             Cmd::Limits(c) => vec![c.key()],
+            Cmd::Keyspace(c) => c.keys(),
         }
     }
 
@@ -534,6 +548,7 @@ impl Cmd {
             }),
             Cmd::Persist(k) => Reply::Int(i64::from(tx.persist(k)?)),
             Cmd::Limits(c) => c.exec(tx)?,
+            Cmd::Keyspace(c) => c.exec(tx)?,
         })
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Owns: framing (`parse`), reply encoding and the Error -> Redis error translation (`reply`),
 //! the command table and engine commands (`command`), the rate-limiting commands CL.THROTTLE and
-//! INCREX (`limits`), Lua scripting (`script`), connection and server commands (`admin`), the per-connection loop
+//! INCREX (`limits`), the keyspace commands (`keyspace`), Lua scripting (`script`), connection and server commands (`admin`), the per-connection loop
 //! (`conn`), and the in-memory ceiling for benchmarks (`ceiling`). Speaks only to the engine, never to `grpc`.
 //!
 //! Limits: `max_clients` connections (`--max-clients`, default
@@ -16,6 +16,7 @@ mod admin;
 mod ceiling;
 mod command;
 mod conn;
+mod keyspace;
 mod limits;
 pub mod parse;
 mod reply;

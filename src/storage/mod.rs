@@ -36,6 +36,7 @@ use crate::fault::Faults;
 use crate::wal::Op;
 
 mod requests;
+mod scan;
 mod table;
 pub use requests::{Aged, Stored};
 

@@ -31,7 +31,7 @@
 //!   current one and the one being written), plus the clean cache; about 100 bytes plus key
 //!   and value each.
 //!
-//! A future reader of sled's key range (SCAN, KEYS) must merge this table in.
+//! Readers of sled's key range (SCAN, KEYS) merge this table in (module `scan`).
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -140,6 +140,26 @@ impl Table {
             .sum()
     }
 
+    /// Every key after `after` the table holds, with its newest state (`None`: deleted).
+    pub(super) fn after(&self, after: Option<&[u8]>) -> Vec<(Vec<u8>, State)> {
+        let mut out = Vec::new();
+        let wanted = |k: &[u8]| after.is_none_or(|a| k > a);
+        for s in self.shards.iter() {
+            let s = s.lock().unwrap_or_else(|p| p.into_inner());
+            // The newest generation holding a key wins, as in `with`.
+            let newer = |k: &Vec<u8>, gens: &[&Generation]| gens.iter().any(|g| g.contains_key(k));
+            let gens = [&s.current, &*s.sealed, &s.clean];
+            for (i, g) in gens.iter().enumerate() {
+                for (k, v) in g.iter() {
+                    if wanted(k) && !newer(k, &gens[..i]) {
+                        out.push((k.clone(), v.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Drops the sealed generations, now in sled, keeping their values as clean ones.
     fn retire_sealed(&self) {
         for s in self.shards.iter() {
@@ -217,6 +237,11 @@ impl Store {
     /// Keys written and not yet written back (cheap: one atomic load).
     pub fn dirty_keys(&self) -> usize {
         self.table.dirty.load(Ordering::Relaxed)
+    }
+
+    /// Every key after `after` the table holds, with its newest state (module `scan`).
+    pub(super) fn table_after(&self, after: Option<&[u8]>) -> Vec<(Vec<u8>, Option<Entry>)> {
+        self.table.after(after)
     }
 
     /// The key's state in the table, if it holds it: `Some(None)` for a deleted key.

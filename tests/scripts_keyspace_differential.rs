@@ -1,4 +1,4 @@
-//! Differential tests for Lua scripting and WATCH: the same commands against a real
+//! Differential tests for Lua scripting, WATCH and the keyspace commands: the same commands against a real
 //! redis-server 7.0 and Tally's RESP port, in RESP2 and RESP3; every reply must be identical,
 //! byte for byte (error texts, the script sha and line they name, every Lua <-> RESP
 //! conversion, the sandbox's messages).
@@ -16,7 +16,29 @@ use redis::RedisServer;
 use resp::Resp;
 
 /// Keys the cases use; deleted on both servers before each group.
-const KEYS: &[&str] = &["k", "s", "f", "w", "x", "rl", "a", "b", "nokey"];
+const KEYS: &[&str] = &[
+    "k",
+    "s",
+    "f",
+    "w",
+    "x",
+    "rl",
+    "a",
+    "b",
+    "nokey",
+    "k1",
+    "k2",
+    "k3",
+    "k4",
+    "k5",
+    "k6",
+    "user:1:count",
+    "user:2:sum",
+    "user:10:count",
+    "h[x]",
+    "zz",
+    "mm",
+];
 
 /// `EVAL <body> 0` (most cases take no keys).
 fn eval(body: &str) -> Vec<&str> {
@@ -231,6 +253,79 @@ fn groups() -> Vec<Vec<Vec<&'static str>>> {
             eval("redis.call('set', 'b', '1'); error('after the write')"),
             vec!["GET", "b"],
         ],
+        // TYPE, TOUCH, RENAME, RENAMENX, COPY (the TTL moves or is copied with the value).
+        vec![
+            vec!["SET", "k1", "v"],
+            vec!["SET", "k2", "v", "EX", "100"],
+            vec!["TYPE", "k1"],
+            vec!["TYPE", "nokey"],
+            vec!["TOUCH", "k1", "k1", "nokey"],
+            vec!["RENAME", "nokey", "x"],
+            vec!["RENAMENX", "nokey", "x"],
+            vec!["RENAME", "k1", "k1"],
+            vec!["RENAMENX", "k1", "k1"],
+            vec!["RENAME", "k2", "k3"],
+            vec!["TTL", "k3"],
+            vec!["EXISTS", "k2"],
+            vec!["RENAMENX", "k3", "k1"],
+            vec!["RENAMENX", "k3", "k4"],
+            vec!["GET", "k4"],
+            vec!["TTL", "k4"],
+            vec!["SET", "k5", "old", "EX", "50"],
+            vec!["RENAME", "k1", "k5"],
+            vec!["TTL", "k5"],
+            vec!["COPY", "k4", "k6"],
+            vec!["TTL", "k6"],
+            vec!["COPY", "k4", "k6"],
+            vec!["COPY", "k4", "k6", "REPLACE"],
+            vec!["COPY", "k4", "k4"],
+            vec!["COPY", "nokey", "x"],
+            vec!["COPY", "k4", "k6", "DB", "0", "REPLACE"],
+            vec!["COPY", "k4", "k6", "BOGUS"],
+            vec!["COPY", "k4", "k6", "DB"],
+            vec!["COPY", "k4", "k6", "DB", "x"],
+            vec!["RENAME", "k4"],
+            vec!["SET", "k1", "5"],
+            vec![
+                "EVAL",
+                "redis.call('rename', 'k1', 'k2') return redis.call('incr', 'k2')",
+                "0",
+            ],
+            vec!["GET", "k1"],
+        ],
+        // KEYS and SCAN on a known set (SCAN's order is its own; here one page holds all).
+        vec![
+            vec!["SET", "user:1:count", "1"],
+            vec!["SET", "user:2:sum", "1"],
+            vec!["SET", "user:10:count", "1"],
+            vec!["SET", "h[x]", "1"],
+            vec!["KEYS", "user:?:count"],
+            vec!["KEYS", "user:[0-9]:*"],
+            vec!["KEYS", "user:[^1]*"],
+            vec!["KEYS", "h\\[x]"],
+            vec!["KEYS", "nomatch*"],
+            vec!["SCAN", "0", "MATCH", "user:?:count", "COUNT", "1000"],
+            vec![
+                "SCAN", "0", "MATCH", "user:*", "COUNT", "1000", "TYPE", "hash",
+            ],
+            vec!["SCAN", "x"],
+            vec!["SCAN", "0", "COUNT", "0"],
+            vec!["SCAN", "0", "COUNT"],
+            vec!["SCAN", "0", "COUNT", "x"],
+            vec!["SCAN", "0", "BOGUS", "1"],
+            vec![
+                "EVAL",
+                "redis.call('set','zz','1') return redis.call('keys','z*')",
+                "0",
+            ],
+            vec!["EVAL", "return redis.call('type','zz')", "0"],
+            vec!["MULTI"],
+            vec!["SET", "mm", "1"],
+            vec!["KEYS", "mm"],
+            vec!["DEL", "mm"],
+            vec!["KEYS", "mm"],
+            vec!["EXEC"],
+        ],
         // WATCH: EXEC aborted (null) by a change on the same connection, kept otherwise.
         vec![
             vec!["SET", "w", "1"],
@@ -275,6 +370,25 @@ fn groups() -> Vec<Vec<Vec<&'static str>>> {
     ]
 }
 
+/// KEYS and SCAN answer in an order of their own: the reply's lines, bulk strings sorted.
+fn unordered(reply: &str) -> String {
+    let lines: Vec<&str> = reply.split("\r\n").collect();
+    let mut headers = Vec::new();
+    let mut bulks = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if lines[i].starts_with('$') && i + 1 < lines.len() {
+            bulks.push(format!("{}\r\n{}", lines[i], lines[i + 1]));
+            i += 2;
+        } else {
+            headers.push(lines[i].to_string());
+            i += 1;
+        }
+    }
+    bulks.sort();
+    format!("{headers:?} {bulks:?}")
+}
+
 fn run(tally_addr: &str, redis_addr: &str, resp3: bool) {
     let mut mismatches = Vec::new();
     for (gi, group) in groups().iter().enumerate() {
@@ -290,7 +404,10 @@ fn run(tally_addr: &str, redis_addr: &str, resp3: bool) {
             c.cmd(&["SCRIPT", "FLUSH"]);
         }
         for cmd in group {
-            let (tr, rr) = (t.cmd(cmd), r.cmd(cmd));
+            let (mut tr, mut rr) = (t.cmd(cmd), r.cmd(cmd));
+            if ["KEYS", "SCAN"].contains(&cmd[0]) {
+                (tr, rr) = (unordered(&tr), unordered(&rr));
+            }
             if tr != rr {
                 mismatches.push(format!(
                     "group {gi}: {cmd:?}\n  redis: {rr:?}\n  tally: {tr:?}"
