@@ -1,6 +1,6 @@
 //! The keyspace commands beyond the differential tests: SCAN's guarantee under concurrent
 //! writes and write-backs, KEYS and RANDOMKEY over a store larger than one page, and RENAME /
-//! COPY surviving `kill -9` with their TTLs.
+//! COPY surviving `kill -9` with their TTLs, and FLUSHDB: durable at once, never early.
 
 mod common;
 
@@ -133,4 +133,47 @@ fn rename_and_copy_survive_kill_9_with_their_ttls() {
         let ttl: i64 = c.cmd(&["TTL", k])[1..].trim().parse().unwrap();
         assert!((990..=1000).contains(&ttl), "{k}: TTL {ttl}");
     }
+}
+
+/// FLUSHDB is one durable record: after `kill -9` right after its reply (before any
+/// write-back or checkpoint), the keys written before it, including ones already written
+/// back to sled, are gone and the ones after it are there, TTL index included.
+#[test]
+fn flushdb_is_durable_and_survives_kill_9_before_any_write_back() {
+    let d = tempfile::tempdir().unwrap();
+    let mut p = Proc::start(d.path(), &[]);
+    let mut c = Resp::connect(&p.resp);
+    for i in 0..200 {
+        c.cmd(&["SET", &format!("old:{i}"), "1"]);
+        c.cmd(&["SET", &format!("ttl:{i}"), "1", "EX", "1000"]);
+    }
+    // Past a write-back: the old keys are in sled's files too.
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(c.cmd(&["FLUSHDB"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["DBSIZE"]), ":0\r\n");
+    assert_eq!(c.cmd(&["SET", "after", "1", "PX", "300"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "kept", "1"]), "+OK\r\n");
+    p.kill9();
+    let p = Proc::start(d.path(), &[]);
+    let mut c = Resp::connect(&p.resp);
+    let mut keys = bulks(&c.cmd(&["KEYS", "*"]));
+    keys.sort();
+    assert_eq!(keys, ["after", "kept"]);
+    // The sweeper still finds the key set after the clear.
+    let t = std::time::Instant::now();
+    while c.cmd(&["DBSIZE"]) != ":1\r\n" {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the TTL index lost 'after'"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // And again across a clean restart (the checkpoint path).
+    assert_eq!(c.cmd(&["FLUSHALL"]), "+OK\r\n");
+    let mut p = p;
+    assert!(p.term().success());
+    let p = Proc::start(d.path(), &[]);
+    let mut c = Resp::connect(&p.resp);
+    assert_eq!(c.cmd(&["DBSIZE"]), ":0\r\n");
+    assert_eq!(c.cmd(&["KEYS", "*"]), "*0\r\n");
 }

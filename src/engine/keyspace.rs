@@ -86,6 +86,7 @@ impl Tx<'_> {
             |k: &[u8]| after.is_none_or(|a| k > a) && end.as_deref().is_none_or(|e| k <= e);
         for op in self.ops.iter() {
             match op {
+                Op::Clear => page.clear(),
                 Op::Put {
                     key, deadline_ms, ..
                 } if in_range(key) => {

@@ -21,6 +21,7 @@
 //! durable record touched, and an unacknowledged write that survives is indistinguishable from
 //! one whose reply was lost.
 
+mod background;
 mod census;
 mod checkpoint;
 mod dedupe;
@@ -34,6 +35,7 @@ mod txn;
 mod watch;
 mod world;
 
+use background::{Background, lock_dir};
 use census::Census;
 pub use census::{CENSUS_WAIT, CensusWaiter};
 pub use checkpoint::copy_tree;
@@ -51,8 +53,7 @@ use std::fs::File;
 use std::hash::BuildHasher;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLockReadGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
@@ -232,7 +233,7 @@ impl Engine {
         engine.spawn_background("tally-write-back", move |e| {
             let dirty = e.store.dirty_keys();
             let since = last_write_back.elapsed();
-            let due = (dirty > 0 && since >= WRITE_BACK_INTERVAL)
+            let due = ((dirty > 0 || e.store.clear_pending()) && since >= WRITE_BACK_INTERVAL)
                 || (dirty >= WRITE_BACK_KEYS && !failed && since >= CHECKPOINT_POLL);
             // Not after a fail-stop (the WAL has what there is), nor while the disk is full
             // (the cut cannot become durable; writes are refused meanwhile).
@@ -293,6 +294,11 @@ impl Engine {
 
     /// Applies and logs `ops` as one record.
     fn write(&self, ops: &[Op]) -> Result<u64> {
+        if ops.iter().any(Op::is_clear) {
+            // Before it applies (it runs alone, so nothing changes meanwhile).
+            self.watches
+                .touched_existing(|k| self.store.get(k).ok().flatten().is_some());
+        }
         let mut delta = Delta::default();
         let lsn = self.wal.append_with(ops, |lsn| {
             delta = self.apply_counted(lsn, ops)?;
@@ -303,8 +309,13 @@ impl Engine {
                 .entries
                 .fetch_add(delta.requests, Ordering::Relaxed);
         }
-        self.keys.fetch_add(delta.keys, Ordering::Relaxed);
-        self.ttl_keys.fetch_add(delta.ttl_keys, Ordering::Relaxed);
+        if delta.reset {
+            self.keys.store(delta.keys, Ordering::Relaxed);
+            self.ttl_keys.store(delta.ttl_keys, Ordering::Relaxed);
+        } else {
+            self.keys.fetch_add(delta.keys, Ordering::Relaxed);
+            self.ttl_keys.fetch_add(delta.ttl_keys, Ordering::Relaxed);
+        }
         self.watches.touched(ops);
         Ok(lsn)
     }
@@ -494,43 +505,6 @@ impl Engine {
     pub fn data_dir(&self) -> &Path {
         &self.config.data_dir
     }
-
-    /// Runs `tick` on a named thread until the engine closes; `tick` returns how long to sleep
-    /// before the next call. Between ticks the thread holds only a `Weak` reference, and
-    /// [`Engine::close`] wakes it and joins it.
-    pub fn spawn_background(
-        self: &Arc<Self>,
-        name: &str,
-        mut tick: impl FnMut(&Engine) -> Duration + Send + 'static,
-    ) {
-        let weak = Arc::downgrade(self);
-        let bg = self.background.clone();
-        let spawned = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                loop {
-                    let sleep = {
-                        let Some(e) = weak.upgrade() else { return };
-                        if e.is_closed() {
-                            return;
-                        }
-                        tick(&e)
-                    };
-                    if !bg.sleep(sleep) {
-                        return;
-                    }
-                }
-            });
-        match spawned {
-            Ok(h) => self
-                .background
-                .threads
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(h),
-            Err(e) => warn!("could not start the {name} thread: {e}"),
-        }
-    }
 }
 
 /// The locks a keyed command holds (stripes released before the world lock).
@@ -539,75 +513,10 @@ struct Locks<'a> {
     _world: RwLockReadGuard<'a, ()>,
 }
 
-/// The stop signal and handles of the engine's background threads.
-#[derive(Default)]
-struct Background {
-    stopped: Mutex<bool>,
-    wake: Condvar,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-}
-
-impl Background {
-    /// Sleeps up to `d`; false once stopped.
-    fn sleep(&self, d: Duration) -> bool {
-        let stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
-        let (stopped, _) = self
-            .wake
-            .wait_timeout_while(stopped, d, |s| !*s)
-            .unwrap_or_else(|p| p.into_inner());
-        !*stopped
-    }
-
-    fn stop_and_join(&self) {
-        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        self.wake.notify_all();
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
-        let me = std::thread::current().id();
-        for t in threads {
-            // The last reference can be dropped on a background thread; it cannot join itself.
-            if t.thread().id() != me {
-                let _ = t.join();
-            }
-        }
-    }
-}
-
 impl Drop for Engine {
     fn drop(&mut self) {
         if let Err(e) = self.close() {
             error!("closing the engine: {e}");
-        }
-    }
-}
-
-fn lock_dir(dir: &Path) -> Result<File> {
-    let path = dir.join("LOCK");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    // A lock released a moment ago can still be held by a forked child of this process until
-    // its exec closes the inherited descriptor (flock belongs to the open file description).
-    // So retry briefly before declaring the directory in use by someone else.
-    let started = Instant::now();
-    loop {
-        match f.try_lock() {
-            Ok(()) => return Ok(f),
-            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_RETRY => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::Locked(format!(
-                    "data directory {} is in use by another tally process (it holds {})",
-                    dir.display(),
-                    path.display()
-                )));
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(Error::io(format!("locking {}", path.display()), e));
-            }
         }
     }
 }

@@ -26,6 +26,12 @@ pub(super) struct Replay {
 
 impl Replay {
     pub(super) fn push(&mut self, store: &Store, lsn: u64, ops: Vec<Op>) -> Result<()> {
+        if ops.iter().any(Op::is_clear) {
+            // FLUSHDB: what came before it goes in, then the record itself, in log order.
+            self.flush(store)?;
+            store.apply(lsn, &ops)?;
+            return Ok(());
+        }
         for op in ops {
             if op.is_request() {
                 self.requests.push((lsn, op));

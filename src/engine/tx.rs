@@ -45,6 +45,10 @@ pub struct Tx<'e> {
     pub(super) too_large: Option<usize>,
     /// Value bytes returned so far, against `config::MAX_REPLY_BYTES`.
     reply_bytes: Cell<usize>,
+    /// Runs alone (`Engine::run_exclusive`): only then may it clear the keyspace.
+    pub(super) exclusive: bool,
+    /// A clear is among `ops` (every key before it is gone).
+    cleared: bool,
 }
 
 /// Up to this many ops, a key's own latest op is found by scanning them (no hashing, no
@@ -62,6 +66,8 @@ impl<'e> Tx<'e> {
             ops_bytes: 0,
             too_large: None,
             reply_bytes: Cell::new(0),
+            exclusive: false,
+            cleared: false,
         }
     }
 
@@ -92,14 +98,19 @@ impl<'e> Tx<'e> {
             return Err(record::too_large(n));
         }
         let last = match &self.last_op {
-            Some(index) => index.get(key).map(|&i| &self.ops[i]),
+            Some(index) => match index.get(key) {
+                Some(&i) => Some(&self.ops[i]),
+                None if self.cleared => return Ok(None),
+                None => None,
+            },
             None => self
                 .ops
                 .iter()
                 .rev()
-                .find(|op| !op.is_request() && op.key() == key),
+                .find(|op| op.is_clear() || (!op.is_request() && op.key() == key)),
         };
         match last {
+            Some(Op::Clear) => Ok(None),
             Some(Op::Put {
                 value, deadline_ms, ..
             }) => Ok(Some(Entry {
@@ -109,6 +120,29 @@ impl<'e> Tx<'e> {
             Some(Op::Delete { .. }) => Ok(None),
             Some(Op::Request { .. }) | None => self.store.get(key),
         }
+    }
+
+    /// FLUSHDB / FLUSHALL: every key goes, as one op (request ids stay). Only in a
+    /// transaction that runs alone; and not before the startup census is done, while writes
+    /// still reach sled directly (a clear there could not wait for the WAL).
+    pub fn clear(&mut self) -> Result<()> {
+        if !self.exclusive {
+            return Err(Error::InvalidArgument(
+                "internal: a clear must run alone (Engine::run_exclusive)".into(),
+            ));
+        }
+        if !self.store.table_enabled() {
+            return Err(Error::Unavailable(
+                "FLUSHDB waits for the startup key census to finish; retry in a moment".into(),
+            ));
+        }
+        self.count_bytes(&Op::Clear)?;
+        if let Some(index) = &mut self.last_op {
+            index.clear();
+        }
+        self.cleared = true;
+        self.ops.push(Op::Clear);
+        Ok(())
     }
 
     /// Records `op`, keeping the index of last ops once there are many. Refuses it when the
@@ -122,11 +156,12 @@ impl<'e> Tx<'e> {
         }
         self.ops.push(op);
         if self.last_op.is_none() && self.ops.len() > SCAN_OPS {
-            let index = self
-                .ops
+            // Only what follows the last clear: keys before it are gone.
+            let from = self.ops.iter().rposition(Op::is_clear).map_or(0, |i| i + 1);
+            let index = self.ops[from..]
                 .iter()
                 .enumerate()
-                .map(|(i, op)| (op.key().to_vec(), i))
+                .map(|(i, op)| (op.key().to_vec(), from + i))
                 .collect();
             self.last_op = Some(index);
         }

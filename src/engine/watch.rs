@@ -63,13 +63,31 @@ impl Watches {
             return;
         }
         let mut s = self.slots();
-        for op in ops.iter().filter(|op| !op.is_request()) {
+        for op in ops.iter().filter(|op| !op.is_request() && !op.is_clear()) {
             if s.keys.contains_key(op.key()) {
                 s.clock += 1;
                 let v = s.clock;
                 if let Some(slot) = s.keys.get_mut(op.key()) {
                     slot.version = v;
                 }
+            }
+        }
+    }
+}
+
+impl Watches {
+    /// Moves on every watched key that `exists` (a clear of the keyspace: as Redis, a
+    /// watched key that was not there is not changed by it).
+    pub(super) fn touched_existing(&self, exists: impl Fn(&[u8]) -> bool) {
+        if self.active.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut s = self.slots();
+        s.clock += 1;
+        let v = s.clock;
+        for (k, slot) in s.keys.iter_mut() {
+            if exists(k) {
+                slot.version = v;
             }
         }
     }

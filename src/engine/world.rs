@@ -107,7 +107,9 @@ impl Engine {
         let since = self.world.origin.elapsed().as_nanos() as u64 + 1;
         self.world.script_since.store(since, Ordering::Release);
         let _mark = ScriptMark(&self.world);
-        self.finish(Tx::new(self, self.clock.now_ms()), f)
+        let mut tx = Tx::new(self, self.clock.now_ms());
+        tx.exclusive = true;
+        self.finish(tx, f)
     }
 
     /// How long the running script has run, if one runs (SCRIPT KILL, the busy reply).

@@ -23,11 +23,11 @@ pub struct Session {
     pub name: Option<Bytes>,
 }
 
-/// True for DBSIZE and INFO, whose replies include the key counts: right after a restart the
-/// connection first awaits the startup census (`durable::counted`), so they are exact without
-/// blocking a tokio worker.
+/// True for DBSIZE and INFO, whose replies include the key counts, and FLUSHDB/FLUSHALL, which
+/// need the census done (see `Tx::clear`): right after a restart the connection first awaits
+/// the startup census (`durable::counted`), so they are exact without blocking a tokio worker.
 pub fn needs_key_counts(args: &[Bytes]) -> bool {
-    ["dbsize", "info"]
+    ["dbsize", "info", "flushdb", "flushall"]
         .iter()
         .any(|c| args[0].eq_ignore_ascii_case(c.as_bytes()))
 }

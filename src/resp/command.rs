@@ -99,6 +99,8 @@ pub const TABLE: &[Spec] = &[
     spec("copy", -3, W, (1, 2, 1)),
     spec("touch", -2, R, ALL),
     spec("randomkey", 1, &["readonly"], NONE),
+    spec("flushdb", -1, &["write"], NONE),
+    spec("flushall", -1, &["write"], NONE),
     spec("increx", -2, WF, ONE),
     spec("cl.throttle", -5, WF, ONE),
     spec("ping", -1, C, NONE),
@@ -457,6 +459,11 @@ fn parse_expire(name: &str, args: &[Bytes]) -> std::result::Result<Cmd, Reply> {
 }
 
 impl Cmd {
+    /// True if it must run with no other command at once (FLUSHDB).
+    pub fn runs_alone(&self) -> bool {
+        matches!(self, Cmd::Keyspace(c) if c.runs_alone())
+    }
+
     /// The keys this command touches (for the engine's stripe locks).
     pub fn keys(&self) -> Vec<&[u8]> {
         match self {

@@ -310,7 +310,11 @@ impl Conn {
             Ok(None) => reply(Reply::err(format!(
                 "internal error: '{name}' has no handler"
             ))),
-            Ok(Some(cmd)) => match shared.engine.run(&cmd.keys(), |tx| cmd.exec(tx)) {
+            Ok(Some(cmd)) => match if cmd.runs_alone() {
+                blocking(|| shared.engine.run_exclusive(|tx| cmd.exec(tx)))
+            } else {
+                shared.engine.run(&cmd.keys(), |tx| cmd.exec(tx))
+            } {
                 Ok(ack) => Outcome {
                     reply: ack.value,
                     lsn: ack.lsn,
@@ -450,8 +454,14 @@ impl Conn {
                     .collect(),
             ))
         };
-        // A script in the transaction may touch any key: the whole EXEC runs alone.
-        let result = if items.iter().any(|i| matches!(i, Item::Script(_))) {
+        // A script (or FLUSHDB) in the transaction may touch any key: the whole EXEC runs
+        // alone.
+        let alone = |i: &Item| match i {
+            Item::Script(_) => true,
+            Item::Engine(c) => c.runs_alone(),
+            _ => false,
+        };
+        let result = if items.iter().any(alone) {
             blocking(|| engine.run_exclusive(body))
         } else {
             engine.run(&keys, body)

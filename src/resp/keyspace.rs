@@ -1,5 +1,7 @@
 //! The keyspace commands: SCAN (cursor, MATCH, COUNT, TYPE), KEYS (Redis's glob rules), TYPE,
-//! RENAME / RENAMENX (the TTL moves with the value), COPY, TOUCH and RANDOMKEY. Argument
+//! RENAME / RENAMENX (the TTL moves with the value), COPY, TOUCH, RANDOMKEY, and FLUSHDB /
+//! FLUSHALL (one durable record; ASYNC and SYNC both finish before the reply, as one
+//! database has nothing to do in the background). Argument
 //! parsing and replies here; the reads and writes are the engine's (`engine::keyspace`).
 //! Every value is a string, so TYPE answers `string` or `none`.
 
@@ -34,6 +36,7 @@ pub enum Cmd {
     },
     Touch(Vec<Bytes>),
     RandomKey,
+    Flush,
 }
 
 /// Parses a keyspace command (arity checked); `Ok(None)` if `name` is not one.
@@ -50,6 +53,14 @@ pub fn prepare(name: &str, args: &[Bytes]) -> std::result::Result<Option<Cmd>, R
         "copy" => parse_copy(args)?,
         "touch" => Cmd::Touch(args[1..].to_vec()),
         "randomkey" => Cmd::RandomKey,
+        "flushdb" | "flushall" => {
+            match args.get(1).map(|a| a.to_ascii_lowercase()) {
+                None => {}
+                Some(a) if (a == b"async" || a == b"sync") && args.len() == 2 => {}
+                Some(_) => return Err(syntax()),
+            }
+            Cmd::Flush
+        }
         _ => return Ok(None),
     }))
 }
@@ -114,13 +125,18 @@ fn parse_copy(args: &[Bytes]) -> std::result::Result<Cmd, Reply> {
 }
 
 impl Cmd {
+    /// True if it changes every key, so it must run alone (`Engine::run_exclusive`).
+    pub fn runs_alone(&self) -> bool {
+        matches!(self, Cmd::Flush)
+    }
+
     /// The keys to lock: none for the whole-range reads.
     pub fn keys(&self) -> Vec<&[u8]> {
         match self {
             Cmd::Type(k) => vec![k],
             Cmd::Rename { src, dst, .. } | Cmd::Copy { src, dst, .. } => vec![src, dst],
             Cmd::Touch(ks) => ks.iter().map(|k| &k[..]).collect(),
-            Cmd::Scan { .. } | Cmd::Keys(_) | Cmd::RandomKey => Vec::new(),
+            Cmd::Scan { .. } | Cmd::Keys(_) | Cmd::RandomKey | Cmd::Flush => Vec::new(),
         }
     }
 
@@ -168,6 +184,10 @@ impl Cmd {
                 Reply::Int(tx.exists(&ks.iter().map(|k| &k[..]).collect::<Vec<_>>())?)
             }
             Cmd::RandomKey => Reply::opt(tx.random_key()?),
+            Cmd::Flush => {
+                tx.clear()?;
+                Reply::Ok
+            }
         })
     }
 }

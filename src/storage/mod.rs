@@ -35,9 +35,11 @@ use crate::error::{Error, Result};
 use crate::fault::Faults;
 use crate::wal::Op;
 
+mod clear;
 mod requests;
 mod scan;
 mod table;
+mod write_back;
 pub use requests::{Aged, Stored};
 
 /// How long `open` waits for a sled lock left by a store of this process being dropped.
@@ -64,6 +66,9 @@ pub struct Delta {
     pub ttl_keys: i64,
     /// Request ids stored anew (a replaced one does not count).
     pub requests: i64,
+    /// The record cleared every key first (FLUSHDB): `keys` and `ttl_keys` are the new
+    /// totals, not changes.
+    pub reset: bool,
 }
 
 /// What one [`Store::census_step`] saw.
@@ -131,7 +136,7 @@ fn change(was: bool, old: Option<i64>, is: bool, new: Option<i64>) -> Delta {
     Delta {
         keys: i64::from(is) - i64::from(was),
         ttl_keys: i64::from(new.is_some()) - i64::from(old.is_some()),
-        requests: 0,
+        ..Delta::default()
     }
 }
 
@@ -179,7 +184,7 @@ fn transitions(
 fn state_after(op: &Op) -> KeyState {
     match op {
         Op::Put { deadline_ms, .. } => Some(*deadline_ms),
-        Op::Delete { .. } | Op::Request { .. } => None,
+        Op::Delete { .. } | Op::Request { .. } | Op::Clear => None,
     }
 }
 
@@ -230,6 +235,9 @@ impl Store {
         if let Some(state) = self.table_get(key) {
             return Ok(state);
         }
+        if self.sled_stale() {
+            return Ok(None);
+        }
         self.db
             .get(value_key(key))?
             .map(|raw| decode_entry(&raw))
@@ -258,6 +266,9 @@ impl Store {
         ops: &[Op],
         counted: impl Fn(&[u8]) -> bool,
     ) -> Result<Delta> {
+        if let Some(i) = ops.iter().rposition(Op::is_clear) {
+            return self.apply_clear(lsn, ops, i, counted);
+        }
         if self.table.enabled() {
             // Only once the census is done, so every key counts.
             return self.apply_to_table(lsn, ops);
@@ -315,7 +326,7 @@ impl Store {
                     batch.remove(value_key(key));
                     None
                 }
-                Op::Request { .. } => unreachable!("transitions skips request ops"),
+                Op::Request { .. } | Op::Clear => unreachable!("transitions skips these ops"),
             };
             if let Some(Some(d)) = old
                 && new.flatten() != Some(d)
@@ -360,7 +371,7 @@ impl Store {
                 self.db.insert(&vkey, encode_entry(value, *deadline_ms))?
             }
             Op::Delete { .. } => self.db.remove(&vkey)?,
-            Op::Request { .. } => unreachable!("request ops are stored by the caller"),
+            Op::Request { .. } | Op::Clear => unreachable!("stored by the caller"),
         };
         let old_deadline = match &old {
             Some(raw) => decode_deadline(raw)?,
@@ -368,7 +379,7 @@ impl Store {
         };
         let new_deadline = match op {
             Op::Put { deadline_ms, .. } => *deadline_ms,
-            Op::Delete { .. } | Op::Request { .. } => None,
+            Op::Delete { .. } | Op::Request { .. } | Op::Clear => None,
         };
         if let Some(d) = old_deadline
             && Some(d) != new_deadline

@@ -24,10 +24,12 @@ impl Store {
         };
         let mut page = BTreeMap::new();
         let mut full = false;
+        // After a FLUSHDB that sled has not had yet, only the table holds keys.
+        let sled_range = if self.sled_stale() { 0 } else { limit };
         for r in self
             .db
             .range::<Vec<u8>, _>((start, Bound::Excluded(vec![VALUE + 1])))
-            .take(limit)
+            .take(sled_range)
         {
             let (k, raw) = r?;
             page.insert(k[1..].to_vec(), decode_entry(&raw)?);

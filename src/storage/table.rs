@@ -36,21 +36,21 @@
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{Delta, Entry, Store, decode_deadline, encode_entry, transitions, ttl_key, value_key};
+use super::{Delta, Entry, Store, decode_deadline, transitions, ttl_key, value_key};
 use crate::error::{Error, Result};
 use crate::wal::Op;
 use tracing::warn;
 
 /// Keys, and value bytes, written back per pause of appends (a few hundred µs of sled
 /// inserts; one larger value goes alone).
-const WRITE_BACK_CHUNK: usize = 256;
+pub(super) const WRITE_BACK_CHUNK: usize = 256;
 /// See [`WRITE_BACK_CHUNK`].
-const WRITE_BACK_CHUNK_BYTES: usize = 1 << 20;
+pub(super) const WRITE_BACK_CHUNK_BYTES: usize = 1 << 20;
 /// Shards of the table: a key's shard lock is held only for one map operation.
-const SHARDS: usize = 64;
+pub(super) const SHARDS: usize = 64;
 /// Most clean values cached (see the module doc), by count and by bytes (keys and values plus
 /// [`SLOT_OVERHEAD`] each): 16k small counters take about 2 MiB. A hot set larger than this is
 /// read from sled, as every key was before the table.
@@ -58,42 +58,47 @@ pub const CLEAN_KEYS: usize = 16_384;
 /// See [`CLEAN_KEYS`].
 pub const CLEAN_BYTES: usize = 8 << 20;
 /// What one cached key costs beyond its bytes (two `Vec`s, the deadline, the map's slot).
-const SLOT_OVERHEAD: usize = 80;
+pub(super) const SLOT_OVERHEAD: usize = 80;
 /// Keys written but not yet written back, past which writes are refused (`Unavailable`). Only
 /// reached when writing back keeps failing: a write-back runs every second, and a second of
 /// writes is far fewer keys.
 pub const MAX_DIRTY_KEYS: usize = 4_000_000;
 
 /// A key's state in the table: `None` is a tombstone (deleted since the last write-back).
-type State = Option<Entry>;
-type Generation = HashMap<Vec<u8>, State>;
+pub(super) type State = Option<Entry>;
+pub(super) type Generation = HashMap<Vec<u8>, State>;
 
 #[derive(Default)]
-struct Shard {
+pub(super) struct Shard {
     /// Written since the last seal.
-    current: Generation,
+    pub(super) current: Generation,
     /// Sealed, being written to sled.
-    sealed: Arc<Generation>,
+    pub(super) sealed: Arc<Generation>,
     /// Values known to equal sled's (no tombstones), at most `CLEAN_KEYS / SHARDS` keys and
     /// `CLEAN_BYTES / SHARDS` bytes.
-    clean: Generation,
+    pub(super) clean: Generation,
     /// Bytes of `clean`, as [`CLEAN_BYTES`] counts them.
-    clean_bytes: usize,
+    pub(super) clean_bytes: usize,
 }
 
 /// See the module doc.
 pub(super) struct Table {
     /// Off during replay and the census: writes then go straight to sled.
     enabled: AtomicBool,
-    shards: Box<[Mutex<Shard>]>,
+    pub(super) shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     /// Serializes write-backs; true while a sealed generation is still to be written (a
     /// failed write-back leaves it for the next).
-    sealed: Mutex<bool>,
+    pub(super) sealed: Mutex<bool>,
     /// Keys in `current` and `sealed` (a key in both counts twice), against `max_dirty`.
-    dirty: AtomicUsize,
+    pub(super) dirty: AtomicUsize,
     /// [`MAX_DIRTY_KEYS`] (smaller in tests).
     max_dirty: usize,
+    /// Clears (FLUSHDB) applied so far, and how many of them sled's values have had: while
+    /// they differ, sled's values are stale and a key the table lacks is absent (module
+    /// `clear`).
+    pub(super) clears: AtomicU64,
+    pub(super) cleared_in_sled: AtomicU64,
 }
 
 impl Default for Table {
@@ -105,6 +110,8 @@ impl Default for Table {
             sealed: Mutex::new(false),
             dirty: AtomicUsize::new(0),
             max_dirty: MAX_DIRTY_KEYS,
+            clears: AtomicU64::new(0),
+            cleared_in_sled: AtomicU64::new(0),
         }
     }
 }
@@ -159,39 +166,6 @@ impl Table {
         }
         out
     }
-
-    /// Drops the sealed generations, now in sled, keeping their values as clean ones.
-    fn retire_sealed(&self) {
-        for s in self.shards.iter() {
-            let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
-            let sealed = std::mem::take(&mut s.sealed);
-            // Unique: only write-backs clone it, and they are serialized.
-            let sealed = Arc::try_unwrap(sealed).unwrap_or_else(|a| (*a).clone());
-            self.dirty.fetch_sub(sealed.len(), Ordering::Relaxed);
-            let s = &mut *s;
-            for (key, state) in sealed {
-                let cost = |k: &[u8], v: &State| {
-                    k.len() + v.as_ref().map_or(0, |e| e.value.len()) + SLOT_OVERHEAD
-                };
-                if let Some((k, old)) = s.clean.remove_entry(&key) {
-                    s.clean_bytes -= cost(&k, &old);
-                }
-                if state.is_none() {
-                    continue;
-                }
-                let c = cost(&key, &state);
-                if s.clean.len() >= CLEAN_KEYS / SHARDS || s.clean_bytes + c > CLEAN_BYTES / SHARDS
-                {
-                    s.clean.clear();
-                    s.clean_bytes = 0;
-                }
-                if c <= CLEAN_BYTES / SHARDS {
-                    s.clean_bytes += c;
-                    s.clean.insert(key, state);
-                }
-            }
-        }
-    }
 }
 
 /// Makes `state` what the data op `op` leaves, reusing its value's buffer.
@@ -219,7 +193,7 @@ fn set_state(state: &mut State, op: &Op) {
             })
         }
         (Op::Delete { .. }, _) => *state = None,
-        (Op::Request { .. }, _) => unreachable!("transitions skips request ops"),
+        (Op::Request { .. } | Op::Clear, _) => unreachable!("transitions skips these ops"),
     }
 }
 
@@ -227,6 +201,11 @@ impl Store {
     /// Turns the table on (the engine does, with appends paused, once the census is done).
     pub fn enable_table(&self) {
         self.table.enabled.store(true, Ordering::Release);
+    }
+
+    /// True once the table is on (the census is done; see `enable_table`).
+    pub fn table_enabled(&self) -> bool {
+        self.table.enabled()
     }
 
     /// Keys held in the write-back table.
@@ -327,116 +306,13 @@ impl Store {
         if let Some(s) = self.table.with(key, |s| s.as_ref().map(|e| e.deadline_ms)) {
             return Ok(s);
         }
+        if self.sled_stale() {
+            return Ok(None);
+        }
         match self.db.get(value_key(key))? {
             Some(raw) => Ok(Some(decode_deadline(&raw)?)),
             None => Ok(None),
         }
-    }
-
-    /// Runs `f` while no write-back runs (so nothing writes sled's values; the power-loss
-    /// simulation copies sled's files in it). Take it before pausing appends, as
-    /// [`Store::write_back`] does.
-    pub fn with_write_back_paused<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _g = self.table.sealed.lock().unwrap_or_else(|p| p.into_inner());
-        f()
-    }
-
-    /// One write-back (see the module doc): writes a generation left by a failed one, then
-    /// seals the table inside `paused` (which must run its argument with appends paused) and
-    /// writes the sealed generation to sled. Before writing a generation it calls
-    /// `durable`, which must return once every record appended so far is durable in the WAL:
-    /// sled then never holds the effect of a record the log could still lose (of a multi-key
-    /// record, part of it could survive a crash that way: replay of an older record of one of
-    /// its keys would overwrite that key and leave the others). Returns the keys written.
-    pub fn write_back(
-        &self,
-        paused: impl Fn(&mut dyn FnMut()),
-        durable: impl Fn() -> Result<()>,
-    ) -> Result<usize> {
-        let mut pending = self.table.sealed.lock().unwrap_or_else(|p| p.into_inner());
-        let mut written = 0;
-        if *pending {
-            durable()?;
-            written += self.write_sealed(&paused)?;
-            *pending = false;
-        }
-        let mut any = false;
-        paused(&mut || {
-            for s in self.table.shards.iter() {
-                let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
-                if !s.current.is_empty() {
-                    // Sized as the last one was: the next interval is likely alike.
-                    let next = HashMap::with_capacity(s.current.len());
-                    s.sealed = Arc::new(std::mem::replace(&mut s.current, next));
-                    any = true;
-                }
-            }
-        });
-        if any {
-            *pending = true;
-            durable()?;
-            written += self.write_sealed(&paused)?;
-            *pending = false;
-        }
-        Ok(written)
-    }
-
-    /// Writes the sealed generation to sled, in key order (each sled leaf once), with plain
-    /// inserts, then drops it from the table. Not one `apply_batch`: a batch of a million keys
-    /// took sled gigabytes and seconds (RSS 2.3 GiB loading a million counters), and it need
-    /// not be atomic, because every record it holds is durable in the WAL by now (`durable` in
-    /// [`Store::write_back`]) and newer than the last checkpoint (which wrote back everything
-    /// before it), so after a crash part-way replay rewrites every key it touched.
-    ///
-    /// The inserts run with appends paused, [`WRITE_BACK_CHUNK`] keys (at most
-    /// [`WRITE_BACK_CHUNK_BYTES`] of values) at a time, so sled is never
-    /// written by two threads at once (as before the table, when every write to sled ran
-    /// under the WAL's lock): with the write-back's inserts running beside the apply path's,
-    /// sled 0.34 hung in its final flush at shutdown in about half the runs of
-    /// `tests/abuse.rs` (1 MiB values).
-    fn write_sealed(&self, paused: &impl Fn(&mut dyn FnMut())) -> Result<usize> {
-        let sealed: Vec<Arc<Generation>> = self
-            .table
-            .shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).sealed.clone())
-            .collect();
-        let mut all: Vec<(&Vec<u8>, &State)> = sealed.iter().flat_map(|g| g.iter()).collect();
-        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        // No reads: the TTL index is already exact (kept at apply time, see the module doc).
-        let mut rest = &all[..];
-        while !rest.is_empty() {
-            let mut bytes = 0;
-            let n = rest
-                .iter()
-                .take(WRITE_BACK_CHUNK)
-                .take_while(|(_, st)| {
-                    bytes += st.as_ref().map_or(0, |e| e.value.len());
-                    bytes <= WRITE_BACK_CHUNK_BYTES
-                })
-                .count()
-                .max(1);
-            let (chunk, later) = rest.split_at(n);
-            rest = later;
-            let mut r: Result<()> = Ok(());
-            paused(&mut || {
-                r = chunk.iter().try_for_each(|(key, state)| {
-                    match state {
-                        Some(e) => self
-                            .db
-                            .insert(value_key(key), encode_entry(&e.value, e.deadline_ms))?,
-                        None => self.db.remove(value_key(key))?,
-                    };
-                    Ok(())
-                });
-            });
-            r?;
-        }
-        let n = all.len();
-        drop(all);
-        drop(sealed);
-        self.table.retire_sealed();
-        Ok(n)
     }
 }
 

@@ -20,6 +20,8 @@
 //!    | 3:u8 id_len:u32 id created_ms:i64 entry_len:u32 entry       (Request: a request id,
 //!                                                                   when it was first used,
 //!                                                                   and what it answered)
+//!    | 4:u8                                                        (Clear: every key goes;
+//!                                                                   FLUSHDB / FLUSHALL)
 //! ```
 
 use crate::error::{Error, Result};
@@ -33,6 +35,7 @@ pub const MAX_BODY: usize = 64 << 20;
 const TAG_PUT: u8 = 1;
 const TAG_DELETE: u8 = 2;
 const TAG_REQUEST: u8 = 3;
+const TAG_CLEAR: u8 = 4;
 
 /// One change to one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,21 +56,31 @@ pub enum Op {
         created_ms: i64,
         entry: Vec<u8>,
     },
+    /// Remove every key (FLUSHDB, FLUSHALL); request ids stay. Ops after it in the same
+    /// record apply to the empty keyspace.
+    Clear,
 }
 
 impl Op {
     /// The key this op changes; for a `Request`, its id (a namespace of its own: check
-    /// [`Op::is_request`] before comparing it with keys).
+    /// [`Op::is_request`] before comparing it with keys); empty for `Clear` (check
+    /// [`Op::is_clear`]).
     pub fn key(&self) -> &[u8] {
         match self {
             Op::Put { key, .. } | Op::Delete { key } => key,
             Op::Request { id, .. } => id,
+            Op::Clear => &[],
         }
     }
 
     /// True for a request-id op, which changes no key.
     pub fn is_request(&self) -> bool {
         matches!(self, Op::Request { .. })
+    }
+
+    /// True for `Clear`, which changes every key.
+    pub fn is_clear(&self) -> bool {
+        matches!(self, Op::Clear)
     }
 
     /// A request-id op's (id, created_ms, entry).
@@ -88,6 +101,7 @@ impl Op {
             Op::Put { key, value, .. } => 1 + 4 + key.len() + 4 + value.len() + 8,
             Op::Delete { key } => 1 + 4 + key.len(),
             Op::Request { id, entry, .. } => 1 + 4 + id.len() + 8 + 4 + entry.len(),
+            Op::Clear => 1,
         }
     }
 
@@ -118,6 +132,7 @@ impl Op {
                 buf.extend_from_slice(&created_ms.to_le_bytes());
                 put_bytes(buf, entry);
             }
+            Op::Clear => buf.push(TAG_CLEAR),
         }
     }
 
@@ -308,6 +323,7 @@ impl Reader<'_> {
                 created_ms: self.u64()? as i64,
                 entry: self.bytes()?,
             },
+            TAG_CLEAR => Op::Clear,
             t => return Err(format!("unknown op tag {t}")),
         })
     }
