@@ -5,6 +5,8 @@
 
 mod common;
 
+#[path = "common/differential.rs"]
+mod differential;
 #[path = "common/redis.rs"]
 mod redis;
 #[path = "common/resp.rs"]
@@ -427,35 +429,21 @@ const SCRIPTS: &[&[&str]] = &[
 ];
 
 fn run_differential(tally_addr: &str, redis_addr: &str, resp3: bool) {
-    let mut mismatches = Vec::new();
-    for (si, script) in SCRIPTS.iter().enumerate() {
-        let mut t = Resp::connect(tally_addr);
-        let mut r = Resp::connect(redis_addr);
-        for c in [&mut t, &mut r] {
-            if resp3 {
-                c.cmd(&["HELLO", "3"]);
-            }
-            let mut del = vec!["DEL"];
-            del.extend_from_slice(KEYS);
-            c.cmd(&del);
-        }
-        for line in script.iter() {
-            let a = args(line);
-            let a: Vec<&str> = a.iter().map(String::as_str).collect();
-            let (tr, rr) = (t.cmd(&a), r.cmd(&a));
-            if tr != rr {
-                mismatches.push(format!(
-                    "script {si}: {line:?}\n  redis: {rr:?}\n  tally: {tr:?}"
-                ));
-            }
-        }
-    }
-    assert!(
-        mismatches.is_empty(),
-        "{} mismatches:\n{}",
-        mismatches.len(),
-        mismatches.join("\n")
-    );
+    let lines: Vec<Vec<Vec<String>>> = SCRIPTS
+        .iter()
+        .map(|script| script.iter().map(|line| args(line)).collect())
+        .collect();
+    let groups: Vec<Vec<Vec<&str>>> = lines
+        .iter()
+        .map(|g| {
+            g.iter()
+                .map(|a| a.iter().map(String::as_str).collect())
+                .collect()
+        })
+        .collect();
+    let mut del = vec!["DEL"];
+    del.extend_from_slice(KEYS);
+    differential::assert_same(tally_addr, redis_addr, resp3, &[del], &groups, |_, r| r);
 }
 
 /// The same scripts, each sent as one pipelined write: the reply streams must be identical.

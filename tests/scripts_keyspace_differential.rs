@@ -6,6 +6,8 @@
 
 mod common;
 
+#[path = "common/differential.rs"]
+mod differential;
 #[path = "common/redis.rs"]
 mod redis;
 #[path = "common/resp.rs"]
@@ -13,7 +15,6 @@ mod resp;
 
 use common::Proc;
 use redis::RedisServer;
-use resp::Resp;
 
 /// Keys the cases use; deleted on both servers before each group.
 const KEYS: &[&str] = &[
@@ -43,6 +44,16 @@ const KEYS: &[&str] = &[
 /// `EVAL <body> 0` (most cases take no keys).
 fn eval(body: &str) -> Vec<&str> {
     vec!["EVAL", body, "0"]
+}
+
+/// WATCH `keys`, then `between`, then MULTI, `queued`, EXEC.
+fn watched<'a>(keys: &[&'a str], between: &[&[&'a str]], queued: &[&'a str]) -> Vec<Vec<&'a str>> {
+    let mut watch = vec!["WATCH"];
+    watch.extend_from_slice(keys);
+    let mut out = vec![watch];
+    out.extend(between.iter().map(|c| c.to_vec()));
+    out.extend([vec!["MULTI"], queued.to_vec(), vec!["EXEC"]]);
+    out
 }
 
 /// Groups of commands; each group runs on a fresh pair of connections.
@@ -361,46 +372,37 @@ fn groups() -> Vec<Vec<Vec<&'static str>>> {
             vec!["RANDOMKEY"],
         ],
         // WATCH: EXEC aborted (null) by a change on the same connection, kept otherwise.
-        vec![
-            vec!["SET", "w", "1"],
-            vec!["WATCH", "w"],
-            vec!["SET", "w", "2"],
-            vec!["MULTI"],
-            vec!["INCR", "w"],
-            vec!["EXEC"],
-            vec!["GET", "w"],
-            vec!["WATCH", "w", "x"],
-            vec!["MULTI"],
-            vec!["INCR", "w"],
-            vec!["EXEC"],
-            vec!["WATCH", "w"],
-            vec!["EVAL", "return redis.call('incr', KEYS[1])", "1", "w"],
-            vec!["MULTI"],
-            vec!["INCR", "w"],
-            vec!["EXEC"],
-            vec!["WATCH", "w"],
-            vec!["UNWATCH"],
-            vec!["SET", "w", "5"],
-            vec!["MULTI"],
-            vec!["GET", "w"],
-            vec!["EXEC"],
-            vec!["WATCH", "w"],
-            vec!["MULTI"],
-            vec!["WATCH", "w"],
-            vec!["DISCARD"],
-            vec!["SET", "w", "6"],
-            vec!["MULTI"],
-            vec!["GET", "w"],
-            vec!["EXEC"],
-            vec!["WATCH", "nokey"],
-            vec!["SET", "nokey", "1"],
-            vec!["DEL", "nokey"],
-            vec!["MULTI"],
-            vec!["PING"],
-            vec!["EXEC"],
-            vec!["WATCH"],
-            vec!["UNWATCH", "x"],
-        ],
+        [
+            vec![vec!["SET", "w", "1"]],
+            watched(&["w"], &[&["SET", "w", "2"]], &["INCR", "w"]),
+            vec![vec!["GET", "w"]],
+            watched(&["w", "x"], &[], &["INCR", "w"]),
+            watched(
+                &["w"],
+                &[&["EVAL", "return redis.call('incr', KEYS[1])", "1", "w"]],
+                &["INCR", "w"],
+            ),
+            watched(&["w"], &[&["UNWATCH"], &["SET", "w", "5"]], &["GET", "w"]),
+            vec![
+                vec!["WATCH", "w"],
+                vec!["MULTI"],
+                vec!["WATCH", "w"],
+                vec!["DISCARD"],
+            ],
+            vec![
+                vec!["SET", "w", "6"],
+                vec!["MULTI"],
+                vec!["GET", "w"],
+                vec!["EXEC"],
+            ],
+            watched(
+                &["nokey"],
+                &[&["SET", "nokey", "1"], &["DEL", "nokey"]],
+                &["PING"],
+            ),
+            vec![vec!["WATCH"], vec!["UNWATCH", "x"]],
+        ]
+        .concat(),
     ]
 }
 
@@ -424,36 +426,22 @@ fn unordered(reply: &str) -> String {
 }
 
 fn run(tally_addr: &str, redis_addr: &str, resp3: bool) {
-    let mut mismatches = Vec::new();
-    for (gi, group) in groups().iter().enumerate() {
-        let mut t = Resp::connect(tally_addr);
-        let mut r = Resp::connect(redis_addr);
-        for c in [&mut t, &mut r] {
-            if resp3 {
-                c.cmd(&["HELLO", "3"]);
-            }
-            let mut del = vec!["DEL"];
-            del.extend_from_slice(KEYS);
-            c.cmd(&del);
-            c.cmd(&["SCRIPT", "FLUSH"]);
-        }
-        for cmd in group {
-            let (mut tr, mut rr) = (t.cmd(cmd), r.cmd(cmd));
+    let mut del = vec!["DEL"];
+    del.extend_from_slice(KEYS);
+    let setup = [del, vec!["SCRIPT", "FLUSH"]];
+    differential::assert_same(
+        tally_addr,
+        redis_addr,
+        resp3,
+        &setup,
+        &groups(),
+        |cmd, r| {
             if ["KEYS", "SCAN"].contains(&cmd[0]) {
-                (tr, rr) = (unordered(&tr), unordered(&rr));
+                unordered(&r)
+            } else {
+                r
             }
-            if tr != rr {
-                mismatches.push(format!(
-                    "group {gi}: {cmd:?}\n  redis: {rr:?}\n  tally: {tr:?}"
-                ));
-            }
-        }
-    }
-    assert!(
-        mismatches.is_empty(),
-        "{} mismatches:\n{}",
-        mismatches.len(),
-        mismatches.join("\n")
+        },
     );
 }
 

@@ -65,6 +65,23 @@ fn reply(r: Reply) -> Outcome {
     }
 }
 
+/// A command's outcome: its reply once the WAL acknowledges what it wrote or saw; an error
+/// waits for what it revealed (`Engine::lsn_seen_by`).
+fn outcome(engine: &Engine, result: crate::error::Result<crate::engine::Ack<Reply>>) -> Outcome {
+    match result {
+        Ok(ack) => Outcome {
+            reply: ack.value,
+            lsn: ack.lsn,
+            close: false,
+        },
+        Err(e) => Outcome {
+            lsn: engine.lsn_seen_by(&e),
+            reply: Reply::from(e),
+            close: false,
+        },
+    }
+}
+
 /// Serves one connection until it closes, errs, or the server shuts down.
 pub async fn run(
     shared: Arc<Shared>,
@@ -310,22 +327,14 @@ impl Conn {
             Ok(None) => reply(Reply::err(format!(
                 "internal error: '{name}' has no handler"
             ))),
-            Ok(Some(cmd)) => match if cmd.runs_alone() {
-                blocking(|| shared.engine.run_exclusive(|tx| cmd.exec(tx)))
-            } else {
-                shared.engine.run(&cmd.keys(), |tx| cmd.exec(tx))
-            } {
-                Ok(ack) => Outcome {
-                    reply: ack.value,
-                    lsn: ack.lsn,
-                    close: false,
+            Ok(Some(cmd)) => outcome(
+                &shared.engine,
+                if cmd.runs_alone() {
+                    blocking(|| shared.engine.run_exclusive(|tx| cmd.exec(tx)))
+                } else {
+                    shared.engine.run(&cmd.keys(), |tx| cmd.exec(tx))
                 },
-                Err(e) => Outcome {
-                    lsn: shared.engine.lsn_seen_by(&e),
-                    reply: Reply::from(e),
-                    close: false,
-                },
-            },
+            ),
         }
     }
 
@@ -367,18 +376,7 @@ impl Conn {
                 .engine
                 .run_exclusive(|tx| Ok(shared.scripts.run(tx, session, shared, &call)))
         });
-        match result {
-            Ok(ack) => Outcome {
-                reply: ack.value,
-                lsn: ack.lsn,
-                close: false,
-            },
-            Err(e) => Outcome {
-                lsn: shared.engine.lsn_seen_by(&e),
-                reply: Reply::from(e),
-                close: false,
-            },
-        }
+        outcome(&shared.engine, result)
     }
 
     fn exec(&mut self, shared: &Shared) -> Outcome {
