@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Tally vs Redis with the same durability promise, side by side in one run on one machine.
 
-    python3 benches/compare.py [--secs 5] [--rounds 2] [--only throughput|footprint|api]
+    python3 benches/compare.py [--secs 5] [--rounds 2] [--only throughput|footprint|api|scripts]
 
 Throughput (the ratio table):
   * starts redis-server twice (`appendonly yes` with `appendfsync always`, and with `everysec`)
@@ -28,6 +28,11 @@ API (Tally alone, `--fsync always`; the gRPC API issue's two goals):
     (goal >= 0.9x);
   * a `Txn` of 100 `Incr` ops at 16 in flight, in increments per second, vs unary `Incr` at 16
     in flight (goal >= 10x).
+
+Scripts (the scripting issue's goal):
+  * `redis-benchmark -c 50 EVALSHA <sha> 1 rl:<rand> 60` with the incr-then-expire limiter,
+    Tally `--fsync always` against Redis `appendfsync always` (goal >= 1.0x), with each
+    server's CPU per script.
 
 Needs redis-server, redis-benchmark, redis-cli (Debian's redis-server package). Builds the
 release binary first. Never run it while something else loads the machine.
@@ -137,6 +142,40 @@ def redis_benchmark(port, clients, secs, server=None):
     cpu = (server.cpu_secs() - cpu0) * 1e6 / n if server else 0
     row = list(csv.DictReader(io.StringIO(out)))[0]
     return float(row["rps"]), float(row["p99_latency_ms"]) * 1000, cpu
+
+
+LIMITER = ("local c = redis.call('INCR', KEYS[1]) "
+           "if c == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end return c")
+
+
+def scripts(a, work):
+    """EVALSHA of the incr-then-expire limiter (REDIS_SEMANTICS §7), 50 clients, durable:
+    Tally `always` against Redis `always`, with each server's CPU per script."""
+    servers = {"redis-always": redis("redis-always-eval", work, "always"),
+               "tally": tally("tally-eval", work, "always")}
+    res = {k: [] for k in servers}
+    try:
+        for _ in range(a.rounds):
+            for name, srv in servers.items():
+                sha = subprocess.run(["redis-cli", "-p", str(srv.resp_port), "SCRIPT", "LOAD", LIMITER],
+                                     check=True, capture_output=True, text=True).stdout.strip()
+                n = int(a.secs * 40000)
+                cpu0 = srv.cpu_secs()
+                out = subprocess.run(["redis-benchmark", "-p", str(srv.resp_port), "-c", "50", "-n",
+                                      str(n), "-r", "1000", "--csv", "EVALSHA", sha, "1",
+                                      "rl:__rand_int__", "60"],
+                                     check=True, capture_output=True, text=True).stdout
+                cpu = (srv.cpu_secs() - cpu0) * 1e6 / n
+                row = list(csv.DictReader(io.StringIO(out)))[0]
+                res[name].append((float(row["rps"]), cpu))
+    finally:
+        for srv in servers.values():
+            srv.stop()
+    best = {k: max(v) for k, v in res.items()}
+    print("\nEVALSHA limiter, 50 clients, durable (best of rounds)")
+    for k, (ops, cpu) in best.items():
+        print(f"  {k:14s} {ops:10.0f}/s  server CPU {cpu:5.1f} us/script")
+    print(f"  tally/redis    {best['tally'][0] / best['redis-always'][0]:.2f}x")
 
 
 def tally_bench(args, secs):
@@ -340,7 +379,7 @@ def main():
     p.add_argument("--secs", type=float, default=5, help="seconds per run")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds")
     p.add_argument("--counters", type=int, default=1_000_000, help="footprint key count")
-    p.add_argument("--only", choices=["throughput", "footprint", "api"])
+    p.add_argument("--only", choices=["throughput", "footprint", "api", "scripts"])
     a = p.parse_args()
     for tool in ("redis-server", "redis-benchmark", "redis-cli"):
         if not shutil.which(tool):
@@ -355,6 +394,8 @@ def main():
             footprint(a, work)
         if a.only in (None, "api"):
             api(a, work)
+        if a.only in (None, "scripts"):
+            scripts(a, work)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,19 @@ fn connection_and_server_commands() {
         info.contains("# Keyspace") && !info.contains("# Server"),
         "{info}"
     );
-    assert_eq!(c.cmd(&["COMMAND", "COUNT"]), ":42\r\n");
+    assert_eq!(c.cmd(&["COMMAND", "COUNT"]), ":59\r\n");
+    // The scripting and keyspace commands are listed with Redis's flags and key positions.
+    let cmd = c.cmd(&["COMMAND", "INFO", "evalsha", "rename"]);
+    assert!(
+        cmd.contains("$7\r\nevalsha\r\n:-3\r\n*6\r\n+noscript\r\n")
+            && cmd.contains("+movablekeys\r\n:0\r\n:0\r\n:0\r\n")
+            && cmd.contains("$6\r\nrename\r\n:3\r\n*1\r\n+write\r\n:1\r\n:2\r\n:1\r\n"),
+        "{cmd}"
+    );
+    // INFO commandstats counts calls (only there and in `all`, as Redis).
+    let stats = c.cmd(&["INFO", "commandstats"]);
+    assert!(stats.contains("cmdstat_command:calls=2,"), "{stats}");
+    assert!(!c.cmd(&["INFO"]).contains("Commandstats"));
     let cmd = c.cmd(&["COMMAND", "INFO", "incr", "nosuch"]);
     assert!(
         cmd.starts_with("*2\r\n*6\r\n$4\r\nincr\r\n:2\r\n") && cmd.ends_with("$-1\r\n"),

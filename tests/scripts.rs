@@ -70,6 +70,18 @@ fn a_runaway_script_gets_busy_replies_then_script_kill_stops_it() {
         "{reply:?}"
     );
     assert_eq!(c.cmd(&["INCR", "n"]), ":1\r\n");
+    // A loop inside a coroutine the script made is stopped too.
+    let looping = in_background(
+        &p.resp,
+        &[
+            "EVAL",
+            "coroutine.wrap(function() while true do end end)()",
+            "0",
+        ],
+    );
+    until(&mut c, &["PING"], BUSY);
+    assert_eq!(c.cmd(&["SCRIPT", "KILL"]), "+OK\r\n");
+    assert!(looping.join().unwrap().starts_with("-ERR Script killed"));
 
     // A script that wrote cannot be killed (its writes could not be undone in Redis); a stopped
     // server stops it anyway, and what it wrote was never acknowledged.
@@ -108,6 +120,17 @@ fn a_script_past_the_memory_cap_fails_alone() {
         );
     }
     assert_eq!(c.cmd(&["INCR", "n"]), ":1\r\n");
+    // A large script (900 KB, 90,000 lines) compiles and runs; one past the 1 MiB bulk limit is
+    // refused by the protocol layer, and only its connection closes.
+    let body = format!("local x = 0\n{}return x", "x = x + 1\n".repeat(90_000));
+    assert_eq!(c.cmd(&["EVAL", &body, "0"]), ":90000\r\n");
+    let mut big = Resp::connect(&p.resp);
+    let huge = format!("return '{}'", "a".repeat(1 << 20));
+    assert_eq!(
+        big.cmd(&["EVAL", &huge, "0"]),
+        "-ERR Protocol error: invalid bulk length\r\n"
+    );
+    assert_eq!(c.cmd(&["PING"]), "+PONG\r\n");
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Connection and server commands that do not touch the keyspace: PING, ECHO, HELLO, SELECT,
-//! CLIENT, COMMAND, INFO, DBSIZE, CONFIG. Enough for redis-py, redis-cli and redis-benchmark.
+//! CLIENT, COMMAND, INFO (with `commandstats`: calls per command), DBSIZE, CONFIG. Enough for redis-py, redis-cli and redis-benchmark.
 
 use std::sync::atomic::Ordering;
 
@@ -225,6 +225,24 @@ fn info(section: Option<&[u8]>, shared: &Shared) -> String {
     };
     let st = shared.engine.stats();
     let mut out = String::new();
+    // Not in the default sections, as in Redis.
+    if matches!(
+        section.as_deref(),
+        Some("all" | "everything" | "commandstats")
+    ) {
+        out += "# Commandstats\r\n";
+        for (spec, n) in TABLE.iter().zip(shared.calls.iter()) {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                out += &format!(
+                    "cmdstat_{}:calls={n},usec=0,usec_per_call=0.00,rejected_calls=0,\
+                     failed_calls=0\r\n",
+                    spec.name
+                );
+            }
+        }
+        out += "\r\n";
+    }
     if want("server") {
         out += &format!(
             "# Server\r\nredis_version:{REDIS_VERSION}\r\ntally_version:{}\r\nredis_mode:standalone\r\n\

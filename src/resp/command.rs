@@ -137,7 +137,12 @@ pub const TABLE: &[Spec] = &[
 
 /// The table row for `name` (already lower-case).
 pub fn lookup(name: &str) -> Option<&'static Spec> {
-    TABLE.iter().find(|s| s.name == name)
+    lookup_index(name).map(|i| &TABLE[i])
+}
+
+/// The index in [`TABLE`] of `name`'s row (INFO commandstats counts by it).
+pub fn lookup_index(name: &str) -> Option<usize> {
+    TABLE.iter().position(|s| s.name == name)
 }
 
 impl Spec {

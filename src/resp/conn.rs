@@ -250,10 +250,12 @@ impl Conn {
 
     fn handle(&mut self, shared: &Shared, args: Vec<Bytes>) -> Outcome {
         let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-        let Some(spec) = command::lookup(&name) else {
+        let Some(index) = command::lookup_index(&name) else {
             self.dirty |= self.multi.is_some();
             return reply(unknown_command(&args));
         };
+        shared.calls[index].fetch_add(1, Ordering::Relaxed);
+        let spec = &command::TABLE[index];
         if !spec.arity_ok(args.len()) {
             self.dirty |= self.multi.is_some();
             return reply(arity_error(spec.name));

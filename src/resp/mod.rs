@@ -53,6 +53,8 @@ pub struct Shared {
     max_clients: usize,
     /// Lua scripting (module `script`).
     scripts: script::Scripts,
+    /// Calls of each command in `command::TABLE` (INFO commandstats).
+    calls: Box<[AtomicU64]>,
 }
 
 /// Resolves once `shutdown` is true. (The guard `wait_for` returns is not `Send`; dropping it
@@ -86,6 +88,7 @@ pub async fn serve(
         fsync_name,
         max_clients: acceptor.max(),
         scripts: script::Scripts::new(script_memory_bytes),
+        calls: command::TABLE.iter().map(|_| AtomicU64::new(0)).collect(),
     });
     let for_conns = shutdown.clone();
     loop {

@@ -88,7 +88,9 @@ impl State {
             .call(())?;
         lua.set_named_registry_value(HOOKS, &hooks)?;
         let handler = lua.create_function(|lua, err: Value| error_table(lua, err))?;
-        lua.set_hook(
+        // Global, so that coroutines a script makes run it too (else `coroutine.wrap(function()
+        // while true do end end)()` could not be killed).
+        lua.set_global_hook(
             HookTriggers::new().every_nth_instruction(HOOK_EVERY),
             move |_, _| {
                 if kill.load(Ordering::Relaxed) {
