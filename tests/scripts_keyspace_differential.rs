@@ -8,6 +8,8 @@ mod common;
 
 #[path = "common/differential.rs"]
 mod differential;
+#[path = "common/lua_libs.rs"]
+mod lua_libs;
 #[path = "common/redis.rs"]
 mod redis;
 #[path = "common/resp.rs"]
@@ -63,6 +65,7 @@ fn groups() -> Vec<Vec<Vec<&'static str>>> {
         vec![
             eval("return 3.99"),
             eval("return -3.99"),
+            eval("return {1/0, -1/0, 0/0, 2^63, -2^63, 2^62}"),
             eval("return {1,2,nil,4}"),
             eval("return {1.9, -1.9, 'x', {1, {2}}}"),
             eval("return false"),
@@ -201,6 +204,15 @@ fn groups() -> Vec<Vec<Vec<&'static str>>> {
             eval("return {bit.bnot(0), bit.rol(1, 33), bit.arshift(-256, 4), bit.rshift(-1, 28)}"),
             eval("return {bit.bor(1, 2, 4), bit.bxor(5, 3), bit.tobit(4294967297), bit.bswap(1)}"),
         ],
+        // struct and cmsgpack, binary results escaped (see `lua_libs::exact`).
+        lua_libs::STRUCT
+            .iter()
+            .map(|b| eval(lua_libs::exact(b)))
+            .collect(),
+        lua_libs::CMSGPACK
+            .iter()
+            .map(|b| eval(lua_libs::exact(b)))
+            .collect(),
         // EVAL arguments, EVALSHA and the script cache.
         vec![
             vec!["EVAL", "return 1", "-1"],

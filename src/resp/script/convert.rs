@@ -94,9 +94,14 @@ fn to_reply_at(v: &Value, resp: u8, depth: usize) -> Reply {
     }
 }
 
-/// `(long long)` of a Lua number, as C casts it (saturating where C is undefined).
+/// `(long long)` of a Lua number as Redis's x86-64 build computes it: out of range (or NaN,
+/// or infinite) gives `i64::MIN`, as `cvttsd2si` does.
 fn truncate(n: f64) -> i64 {
-    if n.is_nan() { 0 } else { n as i64 }
+    if n.is_nan() || !(-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&n) {
+        i64::MIN
+    } else {
+        n as i64
+    }
 }
 
 fn table_reply(t: &Table, resp: u8, depth: usize) -> Reply {

@@ -7,18 +7,21 @@
 //!   keeps the writes made before it (as Redis); the reply waits for the fsync like any write.
 //! - `redis.call` / `redis.pcall` run the same command code as a client's command (parsing,
 //!   `Cmd::exec`) inside the script's transaction; conversions are in `convert`, the sandbox in
-//!   `lua` and `prelude.lua`, the libraries in `bit` and `cjson`.
+//!   `lua` and `prelude.lua`, the libraries in `bit`, `cjson`, `structlib` (`struct`) and
+//!   `msgpack` (`cmsgpack`).
 //! - Limits: the interpreter's memory is capped (`--script-memory-bytes`); past
 //!   `--busy-script-ms` other clients get `-BUSY` and `SCRIPT KILL` stops a script that has not
 //!   written yet; at most `config::MAX_CACHED_SCRIPTS` cached scripts (then the cache is
 //!   emptied, as SCRIPT FLUSH). The cache is not persisted: after a restart EVALSHA gets
 //!   `NOSCRIPT`, as Redis.
-//! - Left out: `struct` and `cmsgpack`, `SCRIPT DEBUG`, shebang flags, FUNCTION.
+//! - Left out: `SCRIPT DEBUG`, shebang flags, FUNCTION.
 
 mod bit;
 mod cjson;
 mod convert;
 mod lua;
+mod msgpack;
+mod structlib;
 
 use std::cell::Cell;
 use std::collections::HashMap;
