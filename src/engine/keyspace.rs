@@ -75,8 +75,7 @@ impl Tx<'_> {
     /// Live keys after `after`, about `limit` of them, and where the next page starts
     /// (`None`: the end).
     pub fn keys_page(&self, after: Option<&[u8]>, limit: usize) -> Result<Page> {
-        let stored = self.store.keys_after(after, limit)?;
-        let end = (stored.len() >= limit.max(1)).then(|| stored[stored.len() - 1].0.clone());
+        let (stored, end) = self.store.keys_after(after, limit)?;
         let mut page: BTreeMap<Vec<u8>, Option<i64>> = stored
             .into_iter()
             .map(|(k, e)| (k, e.deadline_ms))

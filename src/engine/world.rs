@@ -4,13 +4,16 @@
 //! Every keyed command takes the lock shared before its stripe locks (`Engine::lock_keys`);
 //! [`Engine::run_exclusive`] takes it alone. Shared is one atomic add on the hot path.
 //!
-//! A shared taker never blocks on the lock itself: it polls `try_read`, so a script that runs
-//! away cannot park a tokio worker inside `RwLock::read`, and after `busy_script` of a
-//! script's run it gives up with [`Error::Busy`] (Redis's `-BUSY`), leaving workers free for
-//! `SCRIPT KILL`. Before that it waits, as a Redis client waits behind a running script.
+//! Behind a running script a taker never blocks on the lock itself: it waits on a condvar
+//! that the script's end signals, for at most what is left of `busy_script`, so a script that
+//! runs away cannot park a tokio worker for ever inside `RwLock::read`; past `busy_script` it
+//! gives up with [`Error::Busy`] (Redis's `-BUSY`), leaving workers free for `SCRIPT KILL`.
+//! Before that it waits, as a Redis client waits behind a running script. (Polling with
+//! sleeps instead cost a script under 50 clients five times Redis's CPU, mostly sleeps and
+//! wake-ups.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::sync::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::tx::Tx;
@@ -24,6 +27,10 @@ pub(super) struct World {
     script_since: AtomicU64,
     origin: Instant,
     busy: Duration,
+    /// Moves on when an exclusive holder lets go; `ended` and `wake` signal it.
+    releases: AtomicU64,
+    ended: Mutex<()>,
+    wake: Condvar,
 }
 
 impl World {
@@ -33,6 +40,9 @@ impl World {
             script_since: AtomicU64::new(0),
             origin: Instant::now(),
             busy,
+            releases: AtomicU64::new(0),
+            ended: Mutex::new(()),
+            wake: Condvar::new(),
         }
     }
 
@@ -48,52 +58,85 @@ impl World {
         }
     }
 
-    /// The lock, shared; see the module doc.
-    pub(super) fn shared(&self) -> Result<RwLockReadGuard<'_, ()>> {
-        let mut spins = 0u32;
-        loop {
-            match self.lock.try_read() {
-                Ok(g) => return Ok(g),
-                Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
-                Err(TryLockError::WouldBlock) => {}
+    /// What a taker that found the lock held does before trying again (`seen`: `releases`
+    /// before it tried): behind a script, wait for its end for at most what is left of
+    /// `busy_script`, or fail with [`Error::Busy`]; otherwise (another taker is just getting
+    /// or leaving it) yield.
+    fn wait(&self, seen: u64) -> Result<()> {
+        match self.script_elapsed() {
+            Some(d) if d >= self.busy => Err(Error::Busy),
+            Some(d) => {
+                let g = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = self
+                    .wake
+                    .wait_timeout_while(g, self.busy - d, |_| {
+                        self.releases.load(Ordering::Acquire) == seen
+                    })
+                    .unwrap_or_else(|p| p.into_inner());
+                Ok(())
             }
-            if self.script_elapsed().is_some_and(|d| d >= self.busy) {
-                return Err(Error::Busy);
-            }
-            spins += 1;
-            if spins < 64 {
+            None => {
                 std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(100));
+                Ok(())
             }
         }
     }
 
-    /// The lock, alone. Behind a running script it polls like [`World::shared`] (so a second
-    /// script gets `-BUSY` too, rather than parking a worker); otherwise it blocks, which
-    /// std's RwLock makes fair to writers: new shared takers wait behind it.
-    fn exclusive(&self) -> Result<RwLockWriteGuard<'_, ()>> {
+    /// The lock, shared; see the module doc.
+    pub(super) fn shared(&self) -> Result<RwLockReadGuard<'_, ()>> {
         loop {
-            match self.lock.try_write() {
+            let seen = self.releases.load(Ordering::Acquire);
+            match self.lock.try_read() {
                 Ok(g) => return Ok(g),
                 Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
-                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::WouldBlock) => self.wait(seen)?,
             }
-            match self.script_elapsed() {
-                Some(d) if d >= self.busy => return Err(Error::Busy),
-                Some(_) => std::thread::sleep(Duration::from_micros(100)),
-                None => return Ok(self.lock.write().unwrap_or_else(|p| p.into_inner())),
-            }
+        }
+    }
+
+    /// The lock, alone. Behind a running script it waits as [`World::shared`] does (so a
+    /// second script gets `-BUSY` too, rather than parking a worker); behind shared holders
+    /// it blocks, which std's RwLock makes fair to writers: new shared takers wait behind it.
+    fn exclusive(&self) -> Result<Exclusive<'_>> {
+        loop {
+            let seen = self.releases.load(Ordering::Acquire);
+            let guard = match self.lock.try_write() {
+                Ok(g) => g,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) if self.script_elapsed().is_some() => {
+                    self.wait(seen)?;
+                    continue;
+                }
+                Err(TryLockError::WouldBlock) => {
+                    self.lock.write().unwrap_or_else(|p| p.into_inner())
+                }
+            };
+            let since = self.origin.elapsed().as_nanos() as u64 + 1;
+            self.script_since.store(since, Ordering::Release);
+            return Ok(Exclusive {
+                guard: Some(guard),
+                world: self,
+            });
         }
     }
 }
 
-/// Clears the running-script mark however the script ends.
-struct ScriptMark<'a>(&'a World);
+/// The lock held alone. Dropping it clears the running-script mark, lets go of the lock, and
+/// only then wakes the waiters (woken earlier, they would find it still held).
+struct Exclusive<'a> {
+    guard: Option<RwLockWriteGuard<'a, ()>>,
+    world: &'a World,
+}
 
-impl Drop for ScriptMark<'_> {
+impl Drop for Exclusive<'_> {
     fn drop(&mut self) {
-        self.0.script_since.store(0, Ordering::Release);
+        let w = self.world;
+        w.script_since.store(0, Ordering::Release);
+        drop(self.guard.take());
+        w.releases.fetch_add(1, Ordering::AcqRel);
+        // Taken between the change and the notify, so no waiter misses it.
+        drop(w.ended.lock().unwrap_or_else(|p| p.into_inner()));
+        w.wake.notify_all();
     }
 }
 
@@ -103,10 +146,7 @@ impl Engine {
     /// over any keys. While it runs past `busy_script`, other commands fail with
     /// [`Error::Busy`].
     pub fn run_exclusive<R>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<R>) -> Result<Ack<R>> {
-        let _g = self.world.exclusive()?;
-        let since = self.world.origin.elapsed().as_nanos() as u64 + 1;
-        self.world.script_since.store(since, Ordering::Release);
-        let _mark = ScriptMark(&self.world);
+        let _alone = self.world.exclusive()?;
         let mut tx = Tx::new(self, self.clock.now_ms());
         tx.exclusive = true;
         self.finish(tx, f)

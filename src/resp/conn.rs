@@ -373,11 +373,12 @@ impl Conn {
             Err(r) => return reply(r),
         };
         let session = &mut self.session;
-        let result = blocking(|| {
-            shared
-                .engine
-                .run_exclusive(|tx| Ok(shared.scripts.run(tx, session, shared, &call)))
-        });
+        // On this worker, not `block_in_place`: handing the worker's other tasks to a new
+        // thread per script cost more than the script (a runaway one still leaves the other
+        // workers free, and they take this worker's waiting tasks).
+        let result = shared
+            .engine
+            .run_exclusive(|tx| Ok(shared.scripts.run(tx, session, shared, &call)));
         outcome(&shared.engine, result)
     }
 

@@ -29,26 +29,43 @@ impl Store {
         i: usize,
         counted: impl Fn(&[u8]) -> bool,
     ) -> Result<Delta> {
-        if self.table.enabled() {
-            self.table.clear();
-            self.remove_range(TTL, &|f: &mut dyn FnMut()| f())?;
-        } else {
-            self.remove_range(VALUE, &|f: &mut dyn FnMut()| f())?;
-            self.remove_range(TTL, &|f: &mut dyn FnMut()| f())?;
-        }
         let rest: Vec<Op> = ops[..i]
             .iter()
             .filter(|op| op.is_request())
             .chain(&ops[i + 1..])
             .cloned()
             .collect();
-        let mut delta = if rest.is_empty() {
-            Delta::default()
-        } else {
-            self.apply_counting(lsn, &rest, counted)?
-        };
-        delta.reset = true;
-        Ok(delta)
+        let now = |f: &mut dyn FnMut()| f();
+        if !self.table.enabled() {
+            // Replay: the record is durable, and a failure stops startup.
+            self.remove_range(VALUE, &now)?;
+            self.remove_range(TTL, &now)?;
+            let mut delta = match rest.is_empty() {
+                true => Delta::default(),
+                false => self.apply_counting(lsn, &rest, counted)?,
+            };
+            delta.reset = true;
+            return Ok(delta);
+        }
+        // What can fail comes before the table changes: a failure then leaves the keys as
+        // they were (less some TTL-index hints, which the census restores at the next start).
+        self.remove_range(TTL, &now)?;
+        self.table.clear();
+        match self.apply_counting(lsn, &rest, counted) {
+            Ok(mut delta) => {
+                delta.reset = true;
+                Ok(delta)
+            }
+            Err(e) => {
+                // The table is emptied and cannot be restored, and the record will not be
+                // logged: stop, so that recovery rebuilds the state from the WAL (where
+                // neither this FLUSHDB nor anything after it is).
+                tracing::error!(
+                    "FLUSHDB failed after clearing the write-back table ({e}); aborting"
+                );
+                std::process::abort();
+            }
+        }
     }
 
     /// True while a clear has emptied the table but not yet sled's values.
@@ -134,7 +151,7 @@ mod tests {
         assert!(d.reset);
         assert_eq!((d.keys, d.ttl_keys), (1, 1));
         assert_eq!(s.get(b"old").unwrap(), None);
-        assert_eq!(s.keys_after(None, 10).unwrap().len(), 1);
+        assert_eq!(s.keys_after(None, 10).unwrap().0.len(), 1);
         // The index is cleared at once (a hint the census rebuilds), the new key indexed.
         assert_eq!(s.due(i64::MAX, 10).unwrap(), vec![(b"new".to_vec(), 200)]);
         assert!(

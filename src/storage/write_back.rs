@@ -35,6 +35,7 @@ impl Store {
         durable: impl Fn() -> Result<()>,
     ) -> Result<usize> {
         let mut pending = self.table.sealed.lock().unwrap_or_else(|p| p.into_inner());
+        let clears_before = self.table.clears.load(Ordering::Acquire);
         // A FLUSHDB reaches sled's values once durable and before any generation sealed
         // after it (a clear empties the generations sealed before it, so a generation that
         // still holds keys is newer than every clear counted now).
@@ -74,6 +75,12 @@ impl Store {
             durable()?;
             written += self.write_sealed(&paused)?;
             *pending = false;
+        }
+        // A FLUSHDB while this ran may have emptied a generation before it was written: its
+        // values are then in neither sled nor (after a checkpoint at the cut) the WAL, unless
+        // the clear itself is durable. So wait for it before saying the cut is in sled.
+        if self.table.clears.load(Ordering::Acquire) != clears_before {
+            durable()?;
         }
         Ok(written)
     }
