@@ -373,9 +373,9 @@ impl Conn {
             Err(r) => return reply(r),
         };
         let session = &mut self.session;
-        // On this worker, not `block_in_place`: handing the worker's other tasks to a new
-        // thread per script cost more than the script (a runaway one still leaves the other
-        // workers free, and they take this worker's waiting tasks).
+        // On this worker: a script that runs long hands the worker's other tasks to another
+        // thread from its hook (`script::lua`); doing that up front for every script cost
+        // more than a short script itself (0.37x Redis's EVALSHA rate against 0.72x).
         let result = shared
             .engine
             .run_exclusive(|tx| Ok(shared.scripts.run(tx, session, shared, &call)));

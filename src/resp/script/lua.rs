@@ -99,6 +99,10 @@ impl State {
         lua.set_global_hook(
             HookTriggers::new().every_nth_instruction(HOOK_EVERY),
             move |_, _| {
+                // Still running after this many instructions: hand the tokio worker's other
+                // tasks (its queue, its LIFO slot) to a new worker thread, so that they are
+                // not stuck behind this script. Once done, the call is nearly free.
+                super::blocking(|| ());
                 if kill.load(Ordering::Relaxed) {
                     Err(mlua::Error::runtime(KILLED))
                 } else {
