@@ -12,7 +12,7 @@
 //! sleeps instead cost a script under 50 clients five times Redis's CPU, mostly sleeps and
 //! wake-ups.)
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,17 @@ pub(super) struct World {
     releases: AtomicU64,
     ended: Mutex<()>,
     wake: Condvar,
+    /// Takers asleep on `wake` (the end of a script signals only when there are some).
+    waiters: AtomicUsize,
+}
+
+/// Counts a sleeping taker for as long as it sleeps.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl World {
@@ -43,6 +54,7 @@ impl World {
             releases: AtomicU64::new(0),
             ended: Mutex::new(()),
             wake: Condvar::new(),
+            waiters: AtomicUsize::new(0),
         }
     }
 
@@ -66,6 +78,8 @@ impl World {
         match self.script_elapsed() {
             Some(d) if d >= self.busy => Err(Error::Busy),
             Some(d) => {
+                self.waiters.fetch_add(1, Ordering::AcqRel);
+                let _counted = Waiting(&self.waiters);
                 let g = self.ended.lock().unwrap_or_else(|p| p.into_inner());
                 let _ = self
                     .wake
@@ -134,9 +148,12 @@ impl Drop for Exclusive<'_> {
         w.script_since.store(0, Ordering::Release);
         drop(self.guard.take());
         w.releases.fetch_add(1, Ordering::AcqRel);
-        // Taken between the change and the notify, so no waiter misses it.
-        drop(w.ended.lock().unwrap_or_else(|p| p.into_inner()));
-        w.wake.notify_all();
+        // A waiter counts itself before it takes `ended` and checks `releases`; taking `ended`
+        // between the change and the notify means none misses it.
+        if w.waiters.load(Ordering::Acquire) > 0 {
+            drop(w.ended.lock().unwrap_or_else(|p| p.into_inner()));
+            w.wake.notify_all();
+        }
     }
 }
 
