@@ -1,5 +1,5 @@
-//! The world lock: what makes a Lua script (and, later, FLUSHDB) atomic against every other
-//! command, not just the ones sharing its keys.
+//! The world lock: what makes a Lua script (and FLUSHDB) atomic against every other command,
+//! not just the ones sharing its keys.
 //!
 //! Every keyed command takes the lock shared before its stripe locks (`Engine::lock_keys`);
 //! [`Engine::run_exclusive`] takes it alone. Shared is one atomic add on the hot path.
